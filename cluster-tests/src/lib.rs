@@ -1,0 +1,1 @@
+//! Multi-process tests of whole PigeonAir clusters live in tests/cluster/.

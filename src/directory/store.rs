@@ -1,0 +1,306 @@
+//! Storage of the directory in redb, behind a narrow API.
+//!
+//! Four tables: `dn2id` (the normalised DN key, root first, to the entry id: a subtree is
+//! a key prefix), `entries` (id to the encoded entry), `index` (index key to entry ids)
+//! and `meta` (next id, index configuration, last applied command). Every write goes
+//! through one [`WriteBatch`], committed with `Durability::Immediate`: when `commit`
+//! returns, the change is on disk (fsync), and a crash leaves all of a batch or none.
+
+use std::path::Path;
+
+use redb::{
+    Database, Durability, MultimapTableDefinition, ReadOnlyMultimapTable, ReadOnlyTable, ReadTransaction, ReadableDatabase,
+    ReadableMultimapTable, ReadableTable, TableDefinition, WriteTransaction,
+};
+
+use super::entry::StoredEntry;
+
+const DN2ID: TableDefinition<&str, u64> = TableDefinition::new("dn2id");
+const ENTRIES: TableDefinition<u64, &[u8]> = TableDefinition::new("entries");
+const INDEX: MultimapTableDefinition<&[u8], u64> = MultimapTableDefinition::new("index");
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+
+/// A storage failure. The directory maps it to LDAP `other` (80) or `busy`.
+#[derive(Debug, thiserror::Error)]
+#[error("storage: {0}")]
+pub struct StoreError(pub String);
+
+macro_rules! store_err {
+    ($($t:ty),*) => {$(
+        impl From<$t> for StoreError {
+            fn from(e: $t) -> Self {
+                StoreError(e.to_string())
+            }
+        }
+    )*};
+}
+store_err!(
+    redb::Error,
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError,
+    redb::SetDurabilityError
+);
+
+/// The directory's database file.
+pub struct Store {
+    db: Database,
+}
+
+impl Store {
+    /// Open (or create) the database at `path` with a page cache of `cache_bytes`.
+    pub fn open(path: &Path, cache_bytes: usize) -> Result<Store, StoreError> {
+        let db = Database::builder().set_cache_size(cache_bytes).create(path).map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => {
+                StoreError(format!("{} is in use by another process (is a node running on this data directory?)", path.display()))
+            }
+            other => StoreError::from(other),
+        })?;
+        let store = Store { db };
+        // Create the tables so readers never meet a missing one.
+        let w = store.write()?;
+        {
+            w.txn.open_table(DN2ID)?;
+            w.txn.open_table(ENTRIES)?;
+            w.txn.open_multimap_table(INDEX)?;
+            w.txn.open_table(META)?;
+        }
+        w.commit()?;
+        Ok(store)
+    }
+
+    /// A consistent snapshot for reading.
+    pub fn read(&self) -> Result<ReadView, StoreError> {
+        let txn = self.db.begin_read()?;
+        Ok(ReadView {
+            dn2id: txn.open_table(DN2ID)?,
+            entries: txn.open_table(ENTRIES)?,
+            index: txn.open_multimap_table(INDEX)?,
+            meta: txn.open_table(META)?,
+            _txn: txn,
+        })
+    }
+
+    /// A write batch; nothing is visible to readers until [`WriteBatch::commit`].
+    pub fn write(&self) -> Result<WriteBatch, StoreError> {
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(Durability::Immediate)?;
+        Ok(WriteBatch { txn })
+    }
+
+    /// A write batch whose commit is not synced: for bulk imports, which finish with one
+    /// durable commit (see [`Store::sync`]).
+    pub fn write_unsynced(&self) -> Result<WriteBatch, StoreError> {
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(Durability::None)?;
+        Ok(WriteBatch { txn })
+    }
+
+    /// Make every earlier unsynced commit durable.
+    pub fn sync(&self) -> Result<(), StoreError> {
+        self.write()?.commit()
+    }
+}
+
+fn decode(bytes: &[u8]) -> Result<StoredEntry, StoreError> {
+    bincode::serde::decode_from_slice(bytes, bincode::config::standard())
+        .map(|(e, _)| e)
+        .map_err(|e| StoreError(format!("corrupt entry: {e}")))
+}
+
+fn encode(e: &StoredEntry) -> Vec<u8> {
+    bincode::serde::encode_to_vec(e, bincode::config::standard()).expect("entries always encode")
+}
+
+/// The exclusive upper bound of all keys that start with `prefix`.
+fn prefix_end(prefix: &str) -> String {
+    // '\u{10FFFF}' sorts after every character a key can hold.
+    let mut s = prefix.to_string();
+    s.push(char::MAX);
+    s
+}
+
+/// A consistent read-only snapshot of the directory.
+pub struct ReadView {
+    dn2id: ReadOnlyTable<&'static str, u64>,
+    entries: ReadOnlyTable<u64, &'static [u8]>,
+    index: ReadOnlyMultimapTable<&'static [u8], u64>,
+    meta: ReadOnlyTable<&'static str, &'static [u8]>,
+    _txn: ReadTransaction,
+}
+
+/// Read operations shared by snapshots and write batches.
+pub trait Reader {
+    /// The id of the entry with this DN key.
+    fn id_of(&self, key: &str) -> Result<Option<u64>, StoreError>;
+    /// The entry with this id.
+    fn entry(&self, id: u64) -> Result<Option<StoredEntry>, StoreError>;
+    /// Every (key, id) whose key starts with `prefix`, in key order.
+    fn scan_prefix(&self, prefix: &str) -> Result<Vec<(String, u64)>, StoreError>;
+    /// True when some entry lies below the entry with this key.
+    fn has_children(&self, key: &str) -> Result<bool, StoreError>;
+    /// The ids stored under an index key, ascending.
+    fn index_get(&self, key: &[u8]) -> Result<Vec<u64>, StoreError>;
+    /// A metadata value.
+    fn meta(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError>;
+}
+
+macro_rules! scan {
+    ($table:expr, $prefix:expr, $limit:expr) => {{
+        let end = prefix_end($prefix);
+        let mut out = Vec::new();
+        for item in $table.range::<&str>($prefix..end.as_str())? {
+            let (k, v) = item?;
+            out.push((k.value().to_string(), v.value()));
+            if out.len() >= $limit {
+                break;
+            }
+        }
+        Ok::<_, StoreError>(out)
+    }};
+}
+
+impl Reader for ReadView {
+    fn id_of(&self, key: &str) -> Result<Option<u64>, StoreError> {
+        Ok(self.dn2id.get(key)?.map(|v| v.value()))
+    }
+    fn entry(&self, id: u64) -> Result<Option<StoredEntry>, StoreError> {
+        self.entries.get(id)?.map(|v| decode(v.value())).transpose()
+    }
+    fn scan_prefix(&self, prefix: &str) -> Result<Vec<(String, u64)>, StoreError> {
+        scan!(self.dn2id, prefix, usize::MAX)
+    }
+    fn has_children(&self, key: &str) -> Result<bool, StoreError> {
+        Ok(scan!(self.dn2id, key, 2)?.len() > 1)
+    }
+    fn index_get(&self, key: &[u8]) -> Result<Vec<u64>, StoreError> {
+        let mut out = Vec::new();
+        for v in self.index.get(key)? {
+            out.push(v?.value());
+        }
+        Ok(out)
+    }
+    fn meta(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.meta.get(name)?.map(|v| v.value().to_vec()))
+    }
+}
+
+/// One atomic change to the directory.
+pub struct WriteBatch {
+    txn: WriteTransaction,
+}
+
+impl Reader for WriteBatch {
+    fn id_of(&self, key: &str) -> Result<Option<u64>, StoreError> {
+        let t = self.txn.open_table(DN2ID)?;
+        let v = t.get(key)?.map(|v| v.value());
+        Ok(v)
+    }
+    fn entry(&self, id: u64) -> Result<Option<StoredEntry>, StoreError> {
+        let t = self.txn.open_table(ENTRIES)?;
+        let v = t.get(id)?.map(|v| decode(v.value())).transpose();
+        v
+    }
+    fn scan_prefix(&self, prefix: &str) -> Result<Vec<(String, u64)>, StoreError> {
+        let t = self.txn.open_table(DN2ID)?;
+        let r = scan!(t, prefix, usize::MAX);
+        r
+    }
+    fn has_children(&self, key: &str) -> Result<bool, StoreError> {
+        let t = self.txn.open_table(DN2ID)?;
+        let r = scan!(t, key, 2)?.len() > 1;
+        Ok(r)
+    }
+    fn index_get(&self, key: &[u8]) -> Result<Vec<u64>, StoreError> {
+        let t = self.txn.open_multimap_table(INDEX)?;
+        let mut out = Vec::new();
+        for v in t.get(key)? {
+            out.push(v?.value());
+        }
+        Ok(out)
+    }
+    fn meta(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let t = self.txn.open_table(META)?;
+        let v = t.get(name)?.map(|v| v.value().to_vec());
+        Ok(v)
+    }
+}
+
+impl WriteBatch {
+    /// Store an entry under its id and DN key (replacing what was there).
+    pub fn put_entry(&mut self, id: u64, entry: &StoredEntry) -> Result<(), StoreError> {
+        self.txn.open_table(DN2ID)?.insert(entry.key.as_str(), id)?;
+        self.txn.open_table(ENTRIES)?.insert(id, encode(entry).as_slice())?;
+        Ok(())
+    }
+
+    /// Remove a DN key (the entry body stays until [`WriteBatch::remove_entry`]).
+    pub fn remove_key(&mut self, key: &str) -> Result<(), StoreError> {
+        self.txn.open_table(DN2ID)?.remove(key)?;
+        Ok(())
+    }
+
+    /// Remove an entry and its DN key.
+    pub fn remove_entry(&mut self, id: u64, key: &str) -> Result<(), StoreError> {
+        self.txn.open_table(DN2ID)?.remove(key)?;
+        self.txn.open_table(ENTRIES)?.remove(id)?;
+        Ok(())
+    }
+
+    /// Add ids under index keys.
+    pub fn index_insert(&mut self, keys: &[Vec<u8>], id: u64) -> Result<(), StoreError> {
+        let mut t = self.txn.open_multimap_table(INDEX)?;
+        for k in keys {
+            t.insert(k.as_slice(), id)?;
+        }
+        Ok(())
+    }
+
+    /// Remove ids from index keys.
+    pub fn index_remove(&mut self, keys: &[Vec<u8>], id: u64) -> Result<(), StoreError> {
+        let mut t = self.txn.open_multimap_table(INDEX)?;
+        for k in keys {
+            t.remove(k.as_slice(), id)?;
+        }
+        Ok(())
+    }
+
+    /// Drop every index key (before a rebuild).
+    pub fn index_clear(&mut self) -> Result<(), StoreError> {
+        self.txn.delete_multimap_table(INDEX).map_err(|e| StoreError(e.to_string()))?;
+        self.txn.open_multimap_table(INDEX)?;
+        Ok(())
+    }
+
+    /// Every (id, entry), for rebuilding indexes and exports.
+    pub fn all_entries(&self) -> Result<Vec<(u64, StoredEntry)>, StoreError> {
+        let t = self.txn.open_table(ENTRIES)?;
+        let mut out = Vec::new();
+        for item in t.iter()? {
+            let (k, v) = item?;
+            out.push((k.value(), decode(v.value())?));
+        }
+        Ok(out)
+    }
+
+    /// Set a metadata value.
+    pub fn set_meta(&mut self, name: &str, value: &[u8]) -> Result<(), StoreError> {
+        self.txn.open_table(META)?.insert(name, value)?;
+        Ok(())
+    }
+
+    /// A fresh entry id.
+    pub fn next_id(&mut self) -> Result<u64, StoreError> {
+        let cur = self.meta("next_id")?.map(|v| u64::from_le_bytes(v.try_into().unwrap_or([0; 8]))).unwrap_or(1);
+        self.set_meta("next_id", &(cur + 1).to_le_bytes())?;
+        Ok(cur)
+    }
+
+    /// Commit: durable when this returns, unless made with [`Store::write_unsynced`].
+    pub fn commit(self) -> Result<(), StoreError> {
+        self.txn.commit()?;
+        Ok(())
+    }
+}

@@ -1,0 +1,2 @@
+//! LDAPv3 front end.
+pub mod filter_wire;

@@ -1,0 +1,6 @@
+//! PigeonAir: a mail cluster whose nodes each carry a replica of an LDAP directory.
+pub mod config;
+pub mod directory;
+pub mod ldap;
+pub mod ldif;
+pub mod node;
