@@ -1,0 +1,187 @@
+//! The node's configuration file (TOML): one serde tree, defaults in one place,
+//! `validate()` reporting every problem at once.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// The whole configuration of one node.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Local settings of this node.
+    pub node: NodeConfig,
+    /// The directory.
+    pub directory: DirectoryConfig,
+    /// The LDAP front end.
+    pub ldap: LdapConfig,
+}
+
+/// Local settings of this node.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeConfig {
+    /// The node's name (shown in status and the node entry).
+    pub name: String,
+    /// Where the node keeps its data.
+    pub data_dir: PathBuf,
+}
+
+/// The directory's settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DirectoryConfig {
+    /// The naming context.
+    pub suffix: String,
+    /// redb page cache, in MiB.
+    pub cache_mb: usize,
+    /// A directory of `*.schema` files to load instead of the built-in schema.
+    pub schema_dir: Option<PathBuf>,
+    /// Indexed attributes: name to a comma list of `eq`, `pres`, `sub`.
+    pub indexes: BTreeMap<String, String>,
+}
+
+/// The LDAP front end's settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LdapConfig {
+    /// Addresses to listen on (empty: LDAP is off).
+    pub listen: Vec<SocketAddr>,
+    /// The largest PDU accepted, in bytes.
+    pub max_pdu_bytes: usize,
+    /// The most connections served at once.
+    pub max_connections: usize,
+    /// The most requests outstanding on one connection.
+    pub max_outstanding: usize,
+    /// The most entries one search returns to a non-administrator (0: no limit).
+    pub size_limit: usize,
+    /// The longest a search may run, in seconds (0: no limit).
+    pub time_limit_secs: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config { node: NodeConfig::default(), directory: DirectoryConfig::default(), ldap: LdapConfig::default() }
+    }
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig { name: "node1".into(), data_dir: PathBuf::from("./pigeonair-data") }
+    }
+}
+
+/// The indexes a mail directory needs for its lookups.
+pub fn default_indexes() -> BTreeMap<String, String> {
+    [
+        ("objectClass", "eq"),
+        ("uid", "eq"),
+        ("mail", "eq,sub"),
+        ("mailLocalAddress", "eq"),
+        ("mailAlternateAddress", "eq"),
+        ("mailHost", "eq"),
+        ("cn", "eq,sub"),
+        ("member", "eq"),
+        ("uniqueMember", "eq"),
+        ("entryUUID", "eq"),
+    ]
+    .into_iter()
+    .map(|(a, k)| (a.to_string(), k.to_string()))
+    .collect()
+}
+
+impl Default for DirectoryConfig {
+    fn default() -> Self {
+        DirectoryConfig { suffix: "dc=pigeonair".into(), cache_mb: 64, schema_dir: None, indexes: default_indexes() }
+    }
+}
+
+impl Default for LdapConfig {
+    fn default() -> Self {
+        LdapConfig {
+            listen: vec!["127.0.0.1:3389".parse().expect("a valid literal address")],
+            max_pdu_bytes: 1 << 20,
+            max_connections: 4096,
+            max_outstanding: 64,
+            size_limit: 0,
+            time_limit_secs: 60,
+        }
+    }
+}
+
+impl Config {
+    /// Read and validate a configuration file.
+    pub fn load(path: &Path) -> Result<Config, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let config: Config = toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        config.validate().map_err(|problems| format!("{}:\n  {}", path.display(), problems.join("\n  ")))?;
+        Ok(config)
+    }
+
+    /// The configuration as TOML text.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("the configuration always serialises")
+    }
+
+    /// Every problem with the configuration.
+    pub fn validate(&self) -> Result<(), Vec<String>> {
+        let mut problems = Vec::new();
+        if self.node.name.trim().is_empty() {
+            problems.push("node.name must not be empty".to_string());
+        }
+        if crate::directory::dn::Dn::parse(&self.directory.suffix).map(|d| d.is_root()).unwrap_or(true) {
+            problems.push(format!("directory.suffix {:?} is not a non-empty DN", self.directory.suffix));
+        }
+        if self.directory.cache_mb == 0 {
+            problems.push("directory.cache_mb must be at least 1".into());
+        }
+        if self.ldap.max_pdu_bytes < 1024 {
+            problems.push("ldap.max_pdu_bytes must be at least 1024".into());
+        }
+        if self.ldap.max_connections == 0 {
+            problems.push("ldap.max_connections must be at least 1".into());
+        }
+        if self.ldap.max_outstanding == 0 {
+            problems.push("ldap.max_outstanding must be at least 1".into());
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems)
+        }
+    }
+
+    /// The administrator's DN for this configuration's suffix.
+    pub fn admin_dn(&self) -> String {
+        format!("cn=admin,ou=system,{}", self.directory.suffix)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_round_trips_and_validates() {
+        let c = Config::default();
+        let back: Config = toml::from_str(&c.to_toml()).unwrap();
+        assert!(back.validate().is_ok());
+        assert_eq!(back.ldap.max_pdu_bytes, 1 << 20);
+    }
+
+    #[test]
+    fn reports_every_problem() {
+        let mut c = Config::default();
+        c.node.name = " ".into();
+        c.directory.suffix = "".into();
+        c.ldap.max_connections = 0;
+        assert_eq!(c.validate().unwrap_err().len(), 3);
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        assert!(toml::from_str::<Config>("[ldap]\nlisten_on = []\n").is_err());
+    }
+}

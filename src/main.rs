@@ -1,1 +1,332 @@
-fn main() {}
+//! The `pigeonair` command: parses arguments, loads configuration, calls the library.
+
+use std::io::{BufReader, BufWriter, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+
+use pigeonair::config::Config;
+use pigeonair::directory::dn::Dn;
+use pigeonair::directory::entry::Attribute;
+use pigeonair::directory::filter::Filter;
+use pigeonair::directory::{hash_clear_passwords, Change, ChangeOp, DirectoryCommand, Scope, SearchRequest, WriteMeta};
+use pigeonair::ldif::{self, LdifRecord, ModOp};
+use pigeonair::node::{self, DemoAccount, Node};
+
+#[derive(Parser)]
+#[command(name = "pigeonair", version, about = "PigeonAir: a mail cluster with a replicated LDAP directory")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start a one-node cluster with demo data on unprivileged ports, in the foreground.
+    Quickstart {
+        /// Where to keep the data.
+        #[arg(long, default_value = "./pigeonair-data")]
+        data_dir: PathBuf,
+        /// The administrator's password (first start only; generated when absent).
+        #[arg(long)]
+        admin_password: Option<String>,
+        /// The LDAP listener address.
+        #[arg(long, default_value = "127.0.0.1:3389")]
+        ldap_listen: SocketAddr,
+    },
+    /// Create a node's configuration (if the file is missing) and its directory.
+    Init {
+        /// The configuration file.
+        #[arg(long)]
+        config: PathBuf,
+        /// The administrator's password (generated and printed when absent).
+        #[arg(long)]
+        admin_password: Option<String>,
+    },
+    /// Run a node in the foreground until interrupted.
+    Run {
+        /// The configuration file.
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Import or export the directory as LDIF (the node must be stopped).
+    Ldif {
+        #[command(subcommand)]
+        command: LdifCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum LdifCommand {
+    /// Apply an LDIF file (entries or change records) in large transactions.
+    Import {
+        /// The LDIF file.
+        file: PathBuf,
+        /// The configuration file.
+        #[arg(long, default_value = "pigeonair.toml")]
+        config: PathBuf,
+        /// Records per transaction.
+        #[arg(long, default_value_t = 10_000)]
+        batch: usize,
+    },
+    /// Write the directory (or a subtree) as LDIF.
+    Export {
+        /// The configuration file.
+        #[arg(long, default_value = "pigeonair.toml")]
+        config: PathBuf,
+        /// The subtree to export (default: the whole naming context).
+        #[arg(long)]
+        base: Option<String>,
+        /// Include operational attributes (entryUUID, timestamps, ...).
+        #[arg(long)]
+        operational: bool,
+        /// Write here instead of standard output.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("PIGEONAIR_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    if let Err(e) = real_main() {
+        eprintln!("pigeonair: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn real_main() -> Result<()> {
+    match Cli::parse().command {
+        Command::Quickstart { data_dir, admin_password, ldap_listen } => quickstart(data_dir, admin_password, ldap_listen),
+        Command::Init { config, admin_password } => init(&config, admin_password),
+        Command::Run { config } => run(&config),
+        Command::Ldif { command: LdifCommand::Import { file, config, batch } } => import(&file, &config, batch),
+        Command::Ldif { command: LdifCommand::Export { config, base, operational, output } } => export(&config, base, operational, output),
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")
+}
+
+/// What quickstart remembers between starts: the credentials it generated.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct QuickstartCredentials {
+    admin_password: String,
+    accounts: Vec<DemoAccount>,
+}
+
+fn quickstart(data_dir: PathBuf, admin_password: Option<String>, ldap_listen: SocketAddr) -> Result<()> {
+    let mut config = Config::default();
+    config.node.data_dir = data_dir.clone();
+    config.ldap.listen = vec![ldap_listen];
+    let creds_path = data_dir.join("quickstart-credentials.toml");
+    let creds = if node::is_initialised(&data_dir) {
+        let text = std::fs::read_to_string(&creds_path)
+            .with_context(|| format!("{} holds data but no {}; use `pigeonair run` for it", data_dir.display(), creds_path.display()))?;
+        toml::from_str::<QuickstartCredentials>(&text).context("reading the quickstart credentials")?
+    } else {
+        let dir = node::open_directory(&config).map_err(anyhow::Error::msg)?;
+        let admin_password = admin_password.unwrap_or_else(pigeonair::directory::password::generate);
+        let accounts = node::bootstrap(&dir, &config.admin_dn(), &admin_password, true).map_err(anyhow::Error::msg)?;
+        let creds = QuickstartCredentials { admin_password, accounts };
+        write_private(&creds_path, &toml::to_string(&creds)?)?;
+        write_private(&data_dir.join("pigeonair.toml"), &config.to_toml())?;
+        creds
+    };
+    let rt = runtime()?;
+    rt.block_on(async {
+        let node = Node::start(&config).await.map_err(anyhow::Error::msg)?;
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "PigeonAir quickstart node is up.")?;
+        for addr in &node.ldap_addrs {
+            writeln!(out, "  ldap:      ldap://{addr}")?;
+        }
+        writeln!(out, "  suffix:    {}", config.directory.suffix)?;
+        writeln!(out, "  admin:     {}", config.admin_dn())?;
+        writeln!(out, "  password:  {}", creds.admin_password)?;
+        for a in &creds.accounts {
+            writeln!(out, "  account:   {} {} password: {}", a.mail, a.dn, a.password)?;
+        }
+        writeln!(out, "  data:      {}", data_dir.display())?;
+        writeln!(out, "ready")?;
+        out.flush()?;
+        drop(out);
+        node::wait_for_signal().await;
+        node.shutdown().await;
+        Ok(())
+    })
+}
+
+fn write_private(path: &Path, text: &str) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    f.write_all(text.as_bytes())?;
+    f.sync_all()?;
+    Ok(())
+}
+
+fn init(config_path: &Path, admin_password: Option<String>) -> Result<()> {
+    if !config_path.exists() {
+        let config = Config::default();
+        write_private(config_path, &config.to_toml())?;
+        println!("wrote a default configuration to {}", config_path.display());
+    }
+    let config = Config::load(config_path).map_err(anyhow::Error::msg)?;
+    if node::is_initialised(&config.node.data_dir) {
+        bail!("{} is already initialised", config.node.data_dir.display());
+    }
+    let dir = node::open_directory(&config).map_err(anyhow::Error::msg)?;
+    let generated = admin_password.is_none();
+    let password = admin_password.unwrap_or_else(pigeonair::directory::password::generate);
+    node::bootstrap(&dir, &config.admin_dn(), &password, false).map_err(anyhow::Error::msg)?;
+    println!("initialised {}", config.node.data_dir.display());
+    println!("  admin:     {}", config.admin_dn());
+    if generated {
+        println!("  password:  {password}");
+    }
+    Ok(())
+}
+
+fn run(config_path: &Path) -> Result<()> {
+    let config = Config::load(config_path).map_err(anyhow::Error::msg)?;
+    if !node::is_initialised(&config.node.data_dir) {
+        bail!("{} is not initialised: run `pigeonair init --config {}` first", config.node.data_dir.display(), config_path.display());
+    }
+    runtime()?.block_on(async {
+        let node = Node::start(&config).await.map_err(anyhow::Error::msg)?;
+        for addr in &node.ldap_addrs {
+            println!("ldap: ldap://{addr}");
+        }
+        println!("ready");
+        node::wait_for_signal().await;
+        node.shutdown().await;
+        Ok(())
+    })
+}
+
+fn command_of(record: LdifRecord, actor: &str) -> DirectoryCommand {
+    let meta = WriteMeta::now(actor);
+    let attrs_of = |attrs: Vec<(String, Vec<u8>)>| {
+        let mut out: Vec<Attribute> = Vec::new();
+        for (name, value) in attrs {
+            match out.iter_mut().find(|a| a.name.eq_ignore_ascii_case(&name)) {
+                Some(a) => a.values.push(value),
+                None => out.push(Attribute { name, values: vec![value] }),
+            }
+        }
+        for a in &mut out {
+            hash_clear_passwords(&a.name, &mut a.values);
+        }
+        out
+    };
+    match record {
+        LdifRecord::Entry { dn, attrs } | LdifRecord::Add { dn, attrs } => DirectoryCommand::Add { dn, attrs: attrs_of(attrs), meta },
+        LdifRecord::Delete { dn } => DirectoryCommand::Delete { dn, meta },
+        LdifRecord::Modify { dn, mods } => DirectoryCommand::Modify {
+            dn,
+            changes: mods
+                .into_iter()
+                .map(|m| {
+                    let op = match m.op {
+                        ModOp::Add => ChangeOp::Add,
+                        ModOp::Delete => ChangeOp::Delete,
+                        ModOp::Replace => ChangeOp::Replace,
+                        ModOp::Increment => ChangeOp::Increment,
+                    };
+                    let mut values = m.values;
+                    if op != ChangeOp::Delete {
+                        hash_clear_passwords(&m.attr, &mut values);
+                    }
+                    Change { op, attr: m.attr, values }
+                })
+                .collect(),
+            meta,
+        },
+        LdifRecord::ModRdn { dn, new_rdn, delete_old_rdn, new_superior } => DirectoryCommand::ModifyDn { dn, new_rdn, delete_old_rdn, new_superior, meta },
+    }
+}
+
+fn import(file: &Path, config_path: &Path, batch: usize) -> Result<()> {
+    let config = Config::load(config_path).map_err(anyhow::Error::msg)?;
+    let dir = node::open_directory(&config).map_err(anyhow::Error::msg)?;
+    let reader = BufReader::with_capacity(1 << 20, std::fs::File::open(file).with_context(|| format!("opening {}", file.display()))?);
+    let actor = config.admin_dn();
+    let started = Instant::now();
+    let mut parse_error = None;
+    let records = ldif::LdifReader::new(reader).map_while(|r| match r {
+        Ok(rec) => Some(rec),
+        Err(e) => {
+            parse_error = Some(e);
+            None
+        }
+    });
+    let cmds = records.map(|r| command_of(r, &actor));
+    let result = dir.apply_bulk(cmds, batch.max(1), |n| {
+        eprint!("\rimported {n} records");
+    });
+    eprintln!();
+    match result {
+        Ok(n) => {
+            if let Some(e) = parse_error {
+                bail!("{}: {e} (the {n} records before it were imported)", file.display());
+            }
+            println!("imported {n} records in {:.1} s", started.elapsed().as_secs_f64());
+            Ok(())
+        }
+        Err((n, e)) => bail!("record {} of {}: {e} (the {n} records before it were imported)", n + 1, file.display()),
+    }
+}
+
+fn export(config_path: &Path, base: Option<String>, operational: bool, output: Option<PathBuf>) -> Result<()> {
+    let config = Config::load(config_path).map_err(anyhow::Error::msg)?;
+    let dir = node::open_directory(&config).map_err(anyhow::Error::msg)?;
+    let base = base.unwrap_or_else(|| config.directory.suffix.clone());
+    Dn::parse(&base).context("--base")?;
+    let mut out: Box<dyn Write> = match &output {
+        Some(p) => Box::new(BufWriter::new(std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?)),
+        None => Box::new(BufWriter::new(std::io::stdout().lock())),
+    };
+    ldif::write_version(&mut out)?;
+    let filter = Filter::Present("objectClass".into());
+    let view = dir.view()?;
+    let schema = dir.schema().clone();
+    let mut io_error = None;
+    let mut n = 0usize;
+    view.search(&SearchRequest { base: &base, scope: Scope::Subtree, filter: &filter, size_limit: 0, deadline: None }, |_, e| {
+        let attrs: Vec<(String, Vec<u8>)> = e
+            .attrs
+            .iter()
+            .filter(|a| !pigeonair::directory::VIRTUAL_ATTRS.iter().any(|v| v.eq_ignore_ascii_case(&a.name)))
+            .filter(|a| operational || schema.attr(&a.name).is_some_and(|t| !t.is_operational()))
+            .flat_map(|a| a.values.iter().map(|v| (a.name.clone(), v.clone())))
+            .collect();
+        n += 1;
+        match ldif::write_entry(&mut out, &e.dn, &attrs) {
+            Ok(()) => true,
+            Err(err) => {
+                io_error = Some(err);
+                false
+            }
+        }
+    })?;
+    if let Some(e) = io_error {
+        return Err(e.into());
+    }
+    out.flush()?;
+    if output.is_some() {
+        eprintln!("exported {n} entries");
+    }
+    Ok(())
+}

@@ -1,0 +1,182 @@
+//! One node: opens the directory, starts the enabled services, shuts down cleanly.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::config::Config;
+use crate::directory::schema::Schema;
+use crate::directory::{Directory, DirectorySettings};
+use crate::ldap::{self, LdapContext};
+
+/// Open the node's directory as its configuration says.
+pub fn open_directory(config: &Config) -> Result<Directory, String> {
+    let schema = match &config.directory.schema_dir {
+        Some(dir) => Schema::load_dir(dir).map_err(|e| e.to_string())?,
+        None => Schema::builtin(),
+    };
+    std::fs::create_dir_all(&config.node.data_dir).map_err(|e| format!("{}: {e}", config.node.data_dir.display()))?;
+    let settings = DirectorySettings {
+        suffix: config.directory.suffix.clone(),
+        indexes: config.directory.indexes.clone(),
+        cache_bytes: config.directory.cache_mb << 20,
+    };
+    Directory::open(&config.node.data_dir, schema, &settings)
+}
+
+/// A running node.
+pub struct Node {
+    /// The directory replica.
+    pub directory: Arc<Directory>,
+    /// The addresses the LDAP listeners are bound to.
+    pub ldap_addrs: Vec<SocketAddr>,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Node {
+    /// Open storage and start the services.
+    pub async fn start(config: &Config) -> Result<Node, String> {
+        let directory = Arc::new(open_directory(config)?);
+        let (shutdown, rx) = watch::channel(false);
+        let ctx = Arc::new(LdapContext::new(directory.clone(), config.ldap.clone(), &[config.admin_dn()])?);
+        let mut ldap_addrs = Vec::new();
+        let mut tasks = Vec::new();
+        for addr in &config.ldap.listen {
+            let listener = TcpListener::bind(addr).await.map_err(|e| format!("ldap: cannot listen on {addr}: {e}"))?;
+            ldap_addrs.push(listener.local_addr().map_err(|e| e.to_string())?);
+            tasks.push(tokio::spawn(ldap::serve(ctx.clone(), listener, rx.clone())));
+        }
+        Ok(Node { directory, ldap_addrs, shutdown, tasks })
+    }
+
+    /// Stop accepting, close sessions, wait for the services to end.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+/// Run until SIGINT or SIGTERM.
+pub async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = match signal(SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => return std::future::pending().await,
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// True when a data directory already holds a directory database.
+pub fn is_initialised(data_dir: &Path) -> bool {
+    data_dir.join("directory.redb").exists()
+}
+
+/// An account made by [`bootstrap`] for the demo domain.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DemoAccount {
+    /// Its mail address.
+    pub mail: String,
+    /// Its DN.
+    pub dn: String,
+    /// Its password, in clear (printed once by quickstart).
+    pub password: String,
+}
+
+fn add(dir: &Directory, admin: &str, dn: String, attrs: &[(&str, &[&str])]) -> Result<(), String> {
+    use crate::directory::entry::Attribute;
+    use crate::directory::{hash_clear_passwords, DirectoryCommand, WriteMeta};
+    let attrs = attrs
+        .iter()
+        .map(|(name, values)| {
+            let mut values: Vec<Vec<u8>> = values.iter().map(|v| v.as_bytes().to_vec()).collect();
+            hash_clear_passwords(name, &mut values);
+            Attribute { name: name.to_string(), values }
+        })
+        .collect();
+    dir.apply(&DirectoryCommand::Add { dn: dn.clone(), attrs, meta: WriteMeta::now(admin) }).map_err(|e| format!("{dn}: {e}"))
+}
+
+/// Create the base of the tree: the suffix, `ou=domains`, `ou=nodes`, `ou=system` and
+/// the administrator; with `demo`, the domain example.org with alice and bob.
+pub fn bootstrap(dir: &Directory, admin_dn: &str, admin_password: &str, demo: bool) -> Result<Vec<DemoAccount>, String> {
+    let suffix = dir.suffix().to_string();
+    let first = dir.suffix().rdn().and_then(|r| r.0.first()).ok_or("empty suffix")?;
+    let first_value = String::from_utf8_lossy(&first.value).into_owned();
+    let top_class = match first.attr.to_ascii_lowercase().as_str() {
+        "dc" => vec!["top", "domain"],
+        "o" => vec!["top", "organization"],
+        "ou" => vec!["top", "organizationalUnit"],
+        other => return Err(format!("a suffix whose RDN is {other}= is not supported; use dc=, o= or ou=")),
+    };
+    let naming = first.attr.clone();
+    add(dir, admin_dn, suffix.clone(), &[("objectClass", &top_class), (naming.as_str(), &[first_value.as_str()])])?;
+    for ou in ["domains", "nodes", "system"] {
+        add(dir, admin_dn, format!("ou={ou},{suffix}"), &[("objectClass", &["top", "organizationalUnit"]), ("ou", &[ou])])?;
+    }
+    let admin = crate::directory::dn::Dn::parse(admin_dn).map_err(|e| e.to_string())?;
+    let admin_cn = admin.rdn().and_then(|r| r.0.first()).map(|a| String::from_utf8_lossy(&a.value).into_owned()).unwrap_or_default();
+    add(
+        dir,
+        admin_dn,
+        admin_dn.to_string(),
+        &[
+            ("objectClass", &["top", "organizationalRole", "simpleSecurityObject"]),
+            ("cn", &[admin_cn.as_str()]),
+            ("description", &["PigeonAir cluster administrator"]),
+            ("userPassword", &[admin_password]),
+        ],
+    )?;
+    if !demo {
+        return Ok(Vec::new());
+    }
+    let domain = format!("dc=example.org,ou=domains,{suffix}");
+    add(
+        dir,
+        admin_dn,
+        domain.clone(),
+        &[("objectClass", &["top", "domain", "pigeonairMailDomain"]), ("dc", &["example.org"]), ("description", &["Demo domain"])],
+    )?;
+    for ou in ["people", "aliases"] {
+        add(dir, admin_dn, format!("ou={ou},{domain}"), &[("objectClass", &["top", "organizationalUnit"]), ("ou", &[ou])])?;
+    }
+    let mut accounts = Vec::new();
+    for (uid, cn, sn) in [("alice", "Alice Liddell", "Liddell"), ("bob", "Bob Dobbs", "Dobbs")] {
+        let password = crate::directory::password::generate();
+        let mail = format!("{uid}@example.org");
+        let dn = format!("uid={uid},ou=people,{domain}");
+        add(
+            dir,
+            admin_dn,
+            dn.clone(),
+            &[
+                ("objectClass", &["top", "inetOrgPerson", "inetLocalMailRecipient", "pigeonairMailAccount"]),
+                ("uid", &[uid]),
+                ("cn", &[cn]),
+                ("sn", &[sn]),
+                ("mail", &[mail.as_str()]),
+                ("mailHost", &["node1"]),
+                ("mailQuotaSize", &["1073741824"]),
+                ("accountStatus", &["active"]),
+                ("userPassword", &[password.as_str()]),
+            ],
+        )?;
+        accounts.push(DemoAccount { mail, dn, password });
+    }
+    Ok(accounts)
+}

@@ -220,6 +220,11 @@ impl AttributeType {
         self.names.first().map(String::as_str).unwrap_or(&self.oid)
     }
 
+    /// The names of the equality, ordering and substring rules (own or inherited).
+    pub fn rule_names(&self) -> [Option<&str>; 3] {
+        [self.equality_name.as_deref(), self.ordering_name.as_deref(), self.substr_name.as_deref()]
+    }
+
     /// True for operational attributes (returned only when asked for, or with `+`).
     pub fn is_operational(&self) -> bool {
         self.usage != Usage::UserApplications
@@ -415,6 +420,9 @@ impl Schema {
             };
             let syntax_oid = syn.ok_or_else(|| SchemaError::Definition(format!("{name}: no SYNTAX")))?;
             let at = &mut self.attrs[i];
+            at.equality_name = eq.clone();
+            at.ordering_name = ord.clone();
+            at.substr_name = sub.clone();
             at.equality = rule(&eq)?;
             at.ordering = rule(&ord)?;
             at.substr = rule(&sub)?;

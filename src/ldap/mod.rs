@@ -1,2 +1,119 @@
-//! LDAPv3 front end.
+//! LDAPv3 front end over the directory (RFC 4511), PDUs with rasn-ldap.
+//!
+//! Layout:
+//! - `codec`: BER framing and decoding, sans-IO;
+//! - `session`: one connection: reads requests, runs them (several at once), writes
+//!   responses through one channel, enforces the limits;
+//! - one file per operation: `bind`, `search`, `compare`, `add`, `modify`, `delete`,
+//!   `modify_dn`, `extended`; `rootdse` serves the Root DSE and `cn=Subschema`;
+//! - `controls` decodes and encodes request and response controls;
+//! - `error` maps directory errors to LDAP result codes, in one place.
+
+pub mod add;
+pub mod bind;
+pub mod codec;
+pub mod compare;
+pub mod controls;
+pub mod delete;
+pub mod error;
+pub mod extended;
 pub mod filter_wire;
+pub mod modify;
+pub mod modify_dn;
+pub mod rootdse;
+pub mod search;
+pub mod session;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+
+use crate::config::LdapConfig;
+use crate::directory::{DirError, Directory, DirectoryCommand};
+
+/// Who a connection is bound as.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Identity {
+    /// The bound DN as stored in the directory (empty: anonymous).
+    pub dn: String,
+    /// Its normalised key (empty: anonymous).
+    pub key: String,
+    /// An administrator: may read and write everything.
+    pub admin: bool,
+}
+
+impl Identity {
+    /// True when not bound.
+    pub fn is_anonymous(&self) -> bool {
+        self.dn.is_empty()
+    }
+}
+
+/// What every connection of one LDAP server shares.
+pub struct LdapContext {
+    /// The node's directory replica.
+    pub dir: Arc<Directory>,
+    /// Settings.
+    pub config: LdapConfig,
+    /// Normalised keys of the administrator DNs.
+    pub admin_keys: Vec<String>,
+}
+
+impl LdapContext {
+    /// A context for a directory; `admin_dns` are the DNs with full rights.
+    pub fn new(dir: Arc<Directory>, config: LdapConfig, admin_dns: &[String]) -> Result<LdapContext, String> {
+        let mut admin_keys = Vec::new();
+        for dn in admin_dns {
+            let parsed = crate::directory::dn::Dn::parse(dn).map_err(|e| e.to_string())?;
+            admin_keys.push(dir.schema().dn_key(&parsed).map_err(|e| e.to_string())?);
+        }
+        Ok(LdapContext { dir, config, admin_keys })
+    }
+
+    /// Apply a write through the node's write path: durable when this returns `Ok`.
+    pub async fn write(&self, cmd: DirectoryCommand) -> Result<(), DirError> {
+        let dir = self.dir.clone();
+        match tokio::task::spawn_blocking(move || dir.apply(&cmd)).await {
+            Ok(r) => r,
+            Err(e) => Err(DirError::UnwillingToPerform(format!("write task failed: {e}"))),
+        }
+    }
+}
+
+/// Serve LDAP on a bound listener until `shutdown` turns true.
+pub async fn serve(ctx: Arc<LdapContext>, listener: TcpListener, mut shutdown: watch::Receiver<bool>) {
+    let slots = Arc::new(Semaphore::new(ctx.config.max_connections));
+    let mut next_session = 0u64;
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = shutdown.changed() => break,
+        };
+        let (stream, peer): (tokio::net::TcpStream, SocketAddr) = match accepted {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                continue;
+            }
+        };
+        next_session += 1;
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, "connection refused: too many connections");
+            let ctx = ctx.clone();
+            tokio::spawn(async move { session::refuse_busy(stream, &ctx).await });
+            continue;
+        };
+        let ctx = ctx.clone();
+        let shutdown = shutdown.clone();
+        let id = next_session;
+        tokio::spawn(async move {
+            let span = tracing::info_span!("ldap", session = id, %peer);
+            let _enter = span.enter();
+            drop(_enter);
+            session::run(ctx, stream, peer, shutdown).await;
+            drop(permit);
+        });
+    }
+}

@@ -1,0 +1,51 @@
+//! Compare (RFC 4511 section 4.10).
+
+use rasn_ldap::{CompareRequest, CompareResponse, ProtocolOp, ResultCode};
+
+use super::error::result_of;
+use super::session::Reply;
+use super::{codec, Identity, LdapContext};
+use crate::directory::eval::{evaluate, Truth};
+use crate::directory::filter::Filter;
+use crate::directory::DirError;
+
+/// Handle a compare request.
+pub async fn handle(ctx: &LdapContext, who: &Identity, reply: &Reply, req: CompareRequest) {
+    let dir = ctx.dir.clone();
+    let admin = who.admin;
+    let result = tokio::task::spawn_blocking(move || {
+        let schema = dir.schema();
+        let attr = req.ava.attribute_desc.0;
+        let Some(at) = schema.attr(&attr) else {
+            return codec::result(ResultCode::UndefinedAttributeType, "", "attribute type is not defined");
+        };
+        if at.equality.is_none() {
+            return codec::result(ResultCode::InappropriateMatching, "", "attribute has no equality matching rule");
+        }
+        if at.name().eq_ignore_ascii_case("userPassword") && !admin {
+            return codec::result(ResultCode::InsufficientAccessRights, "", "insufficient access");
+        }
+        let view = match dir.view() {
+            Ok(v) => v,
+            Err(e) => return result_of(&e),
+        };
+        let entry = match view.find(&req.entry.0) {
+            Ok(Some(e)) => e,
+            Ok(None) => {
+                let matched = crate::directory::dn::Dn::parse(&req.entry.0).ok().and_then(|d| view.matched(&d).ok()).unwrap_or_default();
+                return result_of(&DirError::NoSuchObject { matched });
+            }
+            Err(e) => return result_of(&e),
+        };
+        let filter = Filter::Equality(attr, req.ava.assertion_value.to_vec());
+        match evaluate(schema, &filter, &entry, 0) {
+            Truth::True => codec::result(ResultCode::CompareTrue, "", ""),
+            Truth::False if entry.get(at.name()).is_none() => codec::result(ResultCode::NoSuchAttribute, "", "no such attribute"),
+            Truth::False => codec::result(ResultCode::CompareFalse, "", ""),
+            Truth::Undefined => codec::result(ResultCode::InvalidAttributeSyntax, "", "assertion value is not valid"),
+        }
+    })
+    .await
+    .unwrap_or_else(|_| codec::result(ResultCode::Other, "", "compare failed"));
+    reply.send(ProtocolOp::CompareResponse(CompareResponse(result)), None).await;
+}

@@ -1,0 +1,259 @@
+//! Search (RFC 4511 section 4.5) with Simple Paged Results (RFC 2696).
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rasn::types::{OctetString, SetOf};
+use rasn_ldap::{Control, PartialAttribute, ProtocolOp, ResultCode, SearchRequest, SearchRequestScope, SearchResultDone, SearchResultEntry};
+
+use super::controls;
+use super::error::result_of;
+use super::filter_wire;
+use super::rootdse;
+use super::session::{Reply, SessionState};
+use super::{codec, Identity, LdapContext};
+use crate::directory::entry::StoredEntry;
+use crate::directory::filter::Filter;
+use crate::directory::schema::Schema;
+use crate::directory::{self, DirError, Scope};
+
+/// Which attributes a search returns.
+#[derive(Debug, Clone)]
+pub struct Selection {
+    all_user: bool,
+    all_operational: bool,
+    named: Vec<String>,
+    types_only: bool,
+}
+
+impl Selection {
+    /// From the request's attribute list (RFC 4511 section 4.5.1.8).
+    pub fn new(schema: &Schema, attrs: &[String], types_only: bool) -> Selection {
+        let mut s = Selection { all_user: attrs.is_empty(), all_operational: false, named: Vec::new(), types_only };
+        for a in attrs {
+            match a.as_str() {
+                "*" => s.all_user = true,
+                "+" => s.all_operational = true,
+                "1.1" => {}
+                name => {
+                    if let Some(at) = schema.attr(name) {
+                        s.named.push(at.oid.clone());
+                    }
+                }
+            }
+        }
+        s
+    }
+
+    fn wants(&self, schema: &Schema, name: &str) -> bool {
+        let Some(at) = schema.attr(name) else { return false };
+        if at.is_operational() {
+            if self.all_operational {
+                return true;
+            }
+        } else if self.all_user {
+            return true;
+        }
+        self.named.iter().any(|oid| schema.attr(oid).is_some_and(|want| schema.is_subtype(at, want)))
+    }
+}
+
+/// Render an entry for a client: selected attributes only, `userPassword` only for
+/// administrators.
+pub fn render(schema: &Schema, who: &Identity, e: &StoredEntry, sel: &Selection) -> SearchResultEntry {
+    let mut attrs = Vec::new();
+    for a in &e.attrs {
+        if !sel.wants(schema, &a.name) {
+            continue;
+        }
+        if a.name.eq_ignore_ascii_case("userPassword") && !who.admin {
+            continue;
+        }
+        let vals: Vec<OctetString> = if sel.types_only { Vec::new() } else { a.values.iter().map(|v| OctetString::from(v.clone())).collect() };
+        attrs.push(PartialAttribute::new(a.name.as_str().into(), SetOf::from_vec(vals)));
+    }
+    SearchResultEntry::new(e.dn.as_str().into(), attrs)
+}
+
+/// A paged search in progress: the ids still to send.
+pub struct PagedSearch {
+    base: String,
+    filter: Filter,
+    scope: Scope,
+    remaining: VecDeque<u64>,
+    total: usize,
+}
+
+fn done(code: ResultCode, message: &str) -> ProtocolOp {
+    ProtocolOp::SearchResDone(SearchResultDone(codec::result(code, "", message)))
+}
+
+/// Handle a search request.
+pub async fn handle(ctx: &Arc<LdapContext>, who: &Identity, state: &Arc<SessionState>, reply: &Reply, req: SearchRequest, ctrls: &[Control]) {
+    let filter = match filter_wire::from_wire(&req.filter) {
+        Ok(f) => f,
+        Err(e) => {
+            reply.send(done(ResultCode::ProtocolError, &e.to_string()), None).await;
+            return;
+        }
+    };
+    let schema = ctx.dir.schema().clone();
+    let attrs: Vec<String> = req.attributes.iter().map(|a| a.0.clone()).collect();
+    let sel = Selection::new(&schema, &attrs, req.types_only);
+    let scope = match req.scope {
+        SearchRequestScope::BaseObject => Scope::Base,
+        SearchRequestScope::SingleLevel => Scope::One,
+        _ => Scope::Subtree,
+    };
+    let base = req.base_object.0.clone();
+
+    // The Root DSE and the subschema subentry are served from memory.
+    if let Some(entry) = rootdse::special_entry(ctx, &base, scope) {
+        if crate::directory::eval::matches(&schema, &filter, &entry) {
+            reply.send(ProtocolOp::SearchResEntry(render(&schema, &Identity { admin: true, ..who.clone() }, &entry, &sel)), None).await;
+        }
+        reply.send(done(ResultCode::Success, ""), None).await;
+        return;
+    }
+
+    let mut size_limit = req.size_limit as usize;
+    if !who.admin && ctx.config.size_limit > 0 && (size_limit == 0 || size_limit > ctx.config.size_limit) {
+        size_limit = ctx.config.size_limit;
+    }
+    let mut time_limit = Duration::from_secs(req.time_limit as u64);
+    let server_limit = Duration::from_secs(ctx.config.time_limit_secs);
+    if !server_limit.is_zero() && (time_limit.is_zero() || time_limit > server_limit) {
+        time_limit = server_limit;
+    }
+    let deadline = (!time_limit.is_zero()).then(|| Instant::now() + time_limit);
+
+    match controls::paged_request(ctrls) {
+        Some(Ok((page, cookie))) => paged(ctx, who, state, reply, base, scope, filter, sel, page, cookie, size_limit, deadline).await,
+        Some(Err(msg)) => reply.send(done(ResultCode::ProtocolError, &msg), None).await,
+        None => {
+            let dir = ctx.dir.clone();
+            let who = who.clone();
+            let r = reply.clone();
+            let outcome = tokio::task::spawn_blocking(move || {
+                let view = dir.view()?;
+                let req = directory::SearchRequest { base: &base, scope, filter: &filter, size_limit, deadline };
+                view.search(&req, |_, e| r.send_blocking(ProtocolOp::SearchResEntry(render(dir.schema(), &who, &e, &sel))))
+            })
+            .await;
+            finish(reply, outcome, None).await;
+        }
+    }
+}
+
+async fn finish(reply: &Reply, outcome: Result<Result<directory::SearchEnd, DirError>, tokio::task::JoinError>, ctrls: Option<Vec<Control>>) {
+    if reply.is_cancelled() {
+        return;
+    }
+    let result = match outcome {
+        Ok(Ok(_)) => codec::result(ResultCode::Success, "", ""),
+        Ok(Err(e)) => result_of(&e),
+        Err(_) => codec::result(ResultCode::Other, "", "search failed"),
+    };
+    reply.send(ProtocolOp::SearchResDone(SearchResultDone(result)), ctrls).await;
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn paged(
+    ctx: &Arc<LdapContext>,
+    who: &Identity,
+    state: &Arc<SessionState>,
+    reply: &Reply,
+    base: String,
+    scope: Scope,
+    filter: Filter,
+    sel: Selection,
+    page: usize,
+    cookie: Vec<u8>,
+    size_limit: usize,
+    deadline: Option<Instant>,
+) {
+    const MAX_PAGED_PER_CONNECTION: usize = 16;
+    let dir = ctx.dir.clone();
+    let mut search = if cookie.is_empty() {
+        if page == 0 {
+            // Size 0 with no cookie: the client only wants the estimate; we give none.
+            reply.send(done(ResultCode::Success, ""), Some(vec![controls::paged_response(0, b"")])).await;
+            return;
+        }
+        let (b, f) = (base.clone(), filter.clone());
+        let ids = tokio::task::spawn_blocking(move || {
+            let view = dir.view()?;
+            let mut ids = Vec::new();
+            let req = directory::SearchRequest { base: &b, scope, filter: &f, size_limit, deadline };
+            match view.search(&req, |id, _| {
+                ids.push(id);
+                true
+            }) {
+                Ok(_) | Err(DirError::SizeLimit) => Ok(ids),
+                Err(e) => Err(e),
+            }
+        })
+        .await;
+        let ids = match ids {
+            Ok(Ok(ids)) => ids,
+            other => {
+                finish(reply, other.map(|r| r.map(|_| directory::SearchEnd::Complete)), None).await;
+                return;
+            }
+        };
+        PagedSearch { base, filter, scope, total: ids.len(), remaining: ids.into() }
+    } else {
+        let key = u64::from_be_bytes(cookie.as_slice().try_into().unwrap_or([0; 8]));
+        let found = state.paged.lock().ok().and_then(|mut p| p.remove(&key));
+        match found {
+            Some(s) if s.base == base && s.filter == filter && s.scope == scope => s,
+            _ => {
+                reply.send(done(ResultCode::UnwillingToPerform, "unknown or stale paged results cookie"), None).await;
+                return;
+            }
+        }
+    };
+    if page == 0 {
+        // Size 0 with a cookie abandons the paged search.
+        reply.send(done(ResultCode::Success, ""), Some(vec![controls::paged_response(0, b"")])).await;
+        return;
+    }
+    let take: Vec<u64> = (0..page).map_while(|_| search.remaining.pop_front()).collect();
+    let dir = ctx.dir.clone();
+    let who2 = who.clone();
+    let r = reply.clone();
+    let f = search.filter.clone();
+    let sent = tokio::task::spawn_blocking(move || {
+        let view = dir.view()?;
+        for id in take {
+            // Entries changed since the first page are checked again.
+            if let Some(e) = view.entry(id)? {
+                if crate::directory::eval::matches(dir.schema(), &f, &e) && !r.send_blocking(ProtocolOp::SearchResEntry(render(dir.schema(), &who2, &e, &sel))) {
+                    return Ok(directory::SearchEnd::Stopped);
+                }
+            }
+        }
+        Ok::<_, DirError>(directory::SearchEnd::Complete)
+    })
+    .await;
+    let total = search.total;
+    let next_cookie = if search.remaining.is_empty() {
+        Vec::new()
+    } else {
+        let mut n = state.next_cookie.lock().unwrap_or_else(|p| p.into_inner());
+        *n += 1;
+        let key = *n;
+        drop(n);
+        if let Ok(mut p) = state.paged.lock() {
+            if p.len() >= MAX_PAGED_PER_CONNECTION {
+                if let Some(oldest) = p.keys().min().copied() {
+                    p.remove(&oldest);
+                }
+            }
+            p.insert(key, search);
+        }
+        key.to_be_bytes().to_vec()
+    };
+    finish(reply, sent, Some(vec![controls::paged_response(total, &next_cookie)])).await;
+}

@@ -1,0 +1,240 @@
+//! One LDAP connection: the only code that touches its socket.
+//!
+//! Requests are read and framed here; each operation runs as its own task so several
+//! can be outstanding at once (answers may come back out of order, each with its own
+//! message id). Responses from all tasks go through one channel to the writer task.
+//! A bind first waits for the outstanding operations, as RFC 4511 section 4.2.1 asks.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use rasn_ldap::{Control, LdapMessage, ProtocolOp, ResultCode};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+
+use super::codec::{self, CodecError};
+use super::{bind, controls, extended, Identity, LdapContext};
+
+/// Where an operation sends its responses.
+#[derive(Clone)]
+pub struct Reply {
+    /// The request's message id.
+    pub id: u32,
+    tx: mpsc::Sender<Vec<u8>>,
+    /// Set when the client abandoned the operation.
+    pub cancelled: Arc<AtomicBool>,
+}
+
+impl Reply {
+    /// Send one response message.
+    pub async fn send(&self, op: ProtocolOp, ctrls: Option<Vec<Control>>) {
+        let mut msg = LdapMessage::new(self.id, op);
+        msg.controls = ctrls;
+        let _ = self.tx.send(codec::encode(&msg)).await;
+    }
+
+    /// Send from a blocking thread; false when the connection is gone or the operation
+    /// was abandoned.
+    pub fn send_blocking(&self, op: ProtocolOp) -> bool {
+        if self.cancelled.load(Ordering::Relaxed) {
+            return false;
+        }
+        self.tx.blocking_send(codec::encode(&LdapMessage::new(self.id, op))).is_ok()
+    }
+
+    /// True when the client abandoned the operation.
+    pub fn is_cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::Relaxed)
+    }
+}
+
+/// Per-connection state shared with the operations.
+#[derive(Default)]
+pub struct SessionState {
+    /// Paged searches in progress, by cookie.
+    pub paged: Mutex<HashMap<u64, super::search::PagedSearch>>,
+    /// The next cookie.
+    pub next_cookie: Mutex<u64>,
+}
+
+/// Refuse a connection beyond the cap with a Notice of Disconnection (`busy`).
+pub async fn refuse_busy(mut stream: TcpStream, _ctx: &LdapContext) {
+    let notice = codec::notice_of_disconnection(ResultCode::Busy, "too many connections");
+    let _ = stream.write_all(&notice).await;
+    let _ = stream.shutdown().await;
+}
+
+/// Serve one connection until the client unbinds or disconnects, a protocol error
+/// occurs, or the node shuts down.
+pub async fn run(ctx: Arc<LdapContext>, stream: TcpStream, peer: SocketAddr, mut shutdown: watch::Receiver<bool>) {
+    let _ = stream.set_nodelay(true);
+    let (mut rd, mut wr) = stream.into_split();
+    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(256);
+    let writer = tokio::spawn(async move {
+        while let Some(bytes) = rx.recv().await {
+            if wr.write_all(&bytes).await.is_err() {
+                break;
+            }
+        }
+        let _ = wr.shutdown().await;
+    });
+    let state = Arc::new(SessionState::default());
+    let mut identity = Identity::default();
+    let mut tasks: JoinSet<u32> = JoinSet::new();
+    let mut outstanding: HashMap<u32, Arc<AtomicBool>> = HashMap::new();
+    let mut buf: Vec<u8> = Vec::with_capacity(8192);
+    let max = ctx.config.max_pdu_bytes;
+    'conn: loop {
+        // Handle every complete message in the buffer.
+        loop {
+            let n = match codec::frame_len(&buf, max) {
+                Ok(Some(n)) => n,
+                Ok(None) => break,
+                Err(e) => {
+                    protocol_error(&tx, &e, peer).await;
+                    break 'conn;
+                }
+            };
+            let msg = match codec::decode(&buf[..n]) {
+                Ok(m) => m,
+                Err(e) => match super::modify::decode_with_increment(&buf[..n]) {
+                    // A modify with RFC 4525 increment, which rasn-ldap cannot name.
+                    Some((id, ctrls, dn, changes)) if id != 0 => {
+                        buf.drain(..n);
+                        let cancelled = Arc::new(AtomicBool::new(false));
+                        let reply = Reply { id, tx: tx.clone(), cancelled: cancelled.clone() };
+                        let probe = ProtocolOp::ModifyRequest(rasn_ldap::ModifyRequest { object: dn.as_str().into(), changes: Vec::new() });
+                        if let Some(bad) = controls::unknown_critical(&ctrls, &probe) {
+                            super::error::reject(&reply, &probe, ResultCode::UnavailableCriticalExtension, &format!("critical control {bad} is not supported")).await;
+                            continue;
+                        }
+                        outstanding.insert(id, cancelled);
+                        let (ctx, who) = (ctx.clone(), identity.clone());
+                        tasks.spawn(async move {
+                            super::modify::handle_changes(&ctx, &who, &reply, dn, changes).await;
+                            id
+                        });
+                        continue;
+                    }
+                    _ => {
+                        protocol_error(&tx, &e, peer).await;
+                        break 'conn;
+                    }
+                },
+            };
+            buf.drain(..n);
+            while let Some(done) = tasks.try_join_next() {
+                if let Ok(id) = done {
+                    outstanding.remove(&id);
+                }
+            }
+            if msg.message_id == 0 {
+                protocol_error(&tx, &CodecError::Malformed("message id 0 is reserved".into()), peer).await;
+                break 'conn;
+            }
+            // Back-pressure: at most max_outstanding operations at once.
+            while tasks.len() >= ctx.config.max_outstanding {
+                if let Some(Ok(id)) = tasks.join_next().await {
+                    outstanding.remove(&id);
+                }
+            }
+            let id = msg.message_id;
+            let cancelled = Arc::new(AtomicBool::new(false));
+            let reply = Reply { id, tx: tx.clone(), cancelled: cancelled.clone() };
+            // A critical control we do not know fails the request (RFC 4511 section 4.1.11).
+            let ctrls = msg.controls.clone().unwrap_or_default();
+            if let Some(bad) = controls::unknown_critical(&ctrls, &msg.protocol_op) {
+                super::error::reject(&reply, &msg.protocol_op, ResultCode::UnavailableCriticalExtension, &format!("critical control {bad} is not supported")).await;
+                continue;
+            }
+            match msg.protocol_op {
+                ProtocolOp::UnbindRequest(_) => break 'conn,
+                ProtocolOp::AbandonRequest(a) => {
+                    if let Some(flag) = outstanding.get(&a.0) {
+                        flag.store(true, Ordering::Relaxed);
+                    }
+                }
+                ProtocolOp::BindRequest(req) => {
+                    // Finish (or abandon) everything in flight first.
+                    while let Some(done) = tasks.join_next().await {
+                        if let Ok(id) = done {
+                            outstanding.remove(&id);
+                        }
+                    }
+                    state.paged.lock().map(|mut p| p.clear()).ok();
+                    identity = bind::handle(&ctx, &reply, req, identity.clone()).await;
+                }
+                ProtocolOp::ExtendedReq(req) if extended::is_start_tls(&req) => {
+                    reply
+                        .send(
+                            ProtocolOp::ExtendedResp(extended::response(ResultCode::ProtocolError, "StartTLS is not available on this listener", None, None)),
+                            None,
+                        )
+                        .await;
+                }
+                op => {
+                    outstanding.insert(id, cancelled);
+                    let ctx = ctx.clone();
+                    let who = identity.clone();
+                    let state = state.clone();
+                    tasks.spawn(async move {
+                        dispatch(&ctx, &who, &state, &reply, op, ctrls).await;
+                        id
+                    });
+                }
+            }
+        }
+        let read = tokio::select! {
+            r = rd.read_buf(&mut buf) => r,
+            _ = shutdown.changed() => break 'conn,
+        };
+        match read {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) => {
+                tracing::debug!(%peer, error = %e, "read failed");
+                break;
+            }
+        }
+        if buf.capacity() > 4 * max {
+            buf.shrink_to(max);
+        }
+    }
+    for flag in outstanding.values() {
+        flag.store(true, Ordering::Relaxed);
+    }
+    tasks.abort_all();
+    while tasks.join_next().await.is_some() {}
+    drop(tx);
+    let _ = writer.await;
+}
+
+async fn protocol_error(tx: &mpsc::Sender<Vec<u8>>, e: &CodecError, peer: SocketAddr) {
+    tracing::info!(%peer, error = %e, "closing connection after a protocol error");
+    let _ = tx.send(codec::notice_of_disconnection(ResultCode::ProtocolError, &e.to_string())).await;
+}
+
+/// Run one operation (not bind, unbind or abandon).
+pub async fn dispatch(ctx: &Arc<LdapContext>, who: &Identity, state: &Arc<SessionState>, reply: &Reply, op: ProtocolOp, ctrls: Vec<Control>) {
+    match op {
+        ProtocolOp::SearchRequest(req) => super::search::handle(ctx, who, state, reply, req, &ctrls).await,
+        ProtocolOp::CompareRequest(req) => super::compare::handle(ctx, who, reply, req).await,
+        ProtocolOp::AddRequest(req) => super::add::handle(ctx, who, reply, req).await,
+        ProtocolOp::ModifyRequest(req) => super::modify::handle(ctx, who, reply, req).await,
+        ProtocolOp::DelRequest(req) => super::delete::handle(ctx, who, reply, req).await,
+        ProtocolOp::ModDnRequest(req) => super::modify_dn::handle(ctx, who, reply, req).await,
+        ProtocolOp::ExtendedReq(req) => super::extended::handle(ctx, who, reply, req).await,
+        other => {
+            // A response PDU or an unknown request from a client: answer as RFC 4511
+            // section 4.1.1 allows, with a protocol error on an ExtendedResponse.
+            tracing::debug!(op = ?std::mem::discriminant(&other), "unexpected PDU from client");
+            reply
+                .send(ProtocolOp::ExtendedResp(extended::response(ResultCode::ProtocolError, "unexpected PDU", None, None)), None)
+                .await;
+        }
+    }
+}
