@@ -18,6 +18,7 @@ pub mod delete;
 pub mod error;
 pub mod extended;
 pub mod filter_wire;
+pub mod fuzz;
 pub mod modify;
 pub mod modify_dn;
 pub mod rootdse;
@@ -105,6 +106,7 @@ pub async fn serve(ctx: Arc<LdapContext>, listener: TcpListener, mut shutdown: w
             tokio::spawn(async move { session::refuse_busy(stream, &ctx).await });
             continue;
         };
+        let _ = stream.set_nodelay(true);
         let ctx = ctx.clone();
         let shutdown = shutdown.clone();
         let id = next_session;

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use rasn_ldap::{Control, LdapMessage, ProtocolOp, ResultCode};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
@@ -70,9 +70,11 @@ pub async fn refuse_busy(mut stream: TcpStream, _ctx: &LdapContext) {
 
 /// Serve one connection until the client unbinds or disconnects, a protocol error
 /// occurs, or the node shuts down.
-pub async fn run(ctx: Arc<LdapContext>, stream: TcpStream, peer: SocketAddr, mut shutdown: watch::Receiver<bool>) {
-    let _ = stream.set_nodelay(true);
-    let (mut rd, mut wr) = stream.into_split();
+pub async fn run<S>(ctx: Arc<LdapContext>, stream: S, peer: SocketAddr, mut shutdown: watch::Receiver<bool>)
+where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let (mut rd, mut wr) = tokio::io::split(stream);
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(256);
     let writer = tokio::spawn(async move {
         while let Some(bytes) = rx.recv().await {
@@ -193,7 +195,15 @@ pub async fn run(ctx: Arc<LdapContext>, stream: TcpStream, peer: SocketAddr, mut
             _ = shutdown.changed() => break 'conn,
         };
         match read {
-            Ok(0) => break,
+            Ok(0) => {
+                // The client closed its side: finish what it asked for, then close.
+                while let Some(done) = tasks.join_next().await {
+                    if let Ok(id) = done {
+                        outstanding.remove(&id);
+                    }
+                }
+                break;
+            }
             Ok(_) => {}
             Err(e) => {
                 tracing::debug!(%peer, error = %e, "read failed");
