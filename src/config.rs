@@ -63,13 +63,20 @@ pub struct LdapConfig {
 
 impl Default for Config {
     fn default() -> Self {
-        Config { node: NodeConfig::default(), directory: DirectoryConfig::default(), ldap: LdapConfig::default() }
+        Config {
+            node: NodeConfig::default(),
+            directory: DirectoryConfig::default(),
+            ldap: LdapConfig::default(),
+        }
     }
 }
 
 impl Default for NodeConfig {
     fn default() -> Self {
-        NodeConfig { name: "node1".into(), data_dir: PathBuf::from("./pigeonair-data") }
+        NodeConfig {
+            name: "node1".into(),
+            data_dir: PathBuf::from("./pigeonair-data"),
+        }
     }
 }
 
@@ -94,7 +101,12 @@ pub fn default_indexes() -> BTreeMap<String, String> {
 
 impl Default for DirectoryConfig {
     fn default() -> Self {
-        DirectoryConfig { suffix: "dc=pigeonair".into(), cache_mb: 64, schema_dir: None, indexes: default_indexes() }
+        DirectoryConfig {
+            suffix: "dc=pigeonair".into(),
+            cache_mb: 64,
+            schema_dir: None,
+            indexes: default_indexes(),
+        }
     }
 }
 
@@ -115,8 +127,11 @@ impl Config {
     /// Read and validate a configuration file.
     pub fn load(path: &Path) -> Result<Config, String> {
         let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let config: Config = toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
-        config.validate().map_err(|problems| format!("{}:\n  {}", path.display(), problems.join("\n  ")))?;
+        let config: Config =
+            toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        config
+            .validate()
+            .map_err(|problems| format!("{}:\n  {}", path.display(), problems.join("\n  ")))?;
         Ok(config)
     }
 
@@ -131,8 +146,14 @@ impl Config {
         if self.node.name.trim().is_empty() {
             problems.push("node.name must not be empty".to_string());
         }
-        if crate::directory::dn::Dn::parse(&self.directory.suffix).map(|d| d.is_root()).unwrap_or(true) {
-            problems.push(format!("directory.suffix {:?} is not a non-empty DN", self.directory.suffix));
+        if crate::directory::dn::Dn::parse(&self.directory.suffix)
+            .map(|d| d.is_root())
+            .unwrap_or(true)
+        {
+            problems.push(format!(
+                "directory.suffix {:?} is not a non-empty DN",
+                self.directory.suffix
+            ));
         }
         if self.directory.cache_mb == 0 {
             problems.push("directory.cache_mb must be at least 1".into());

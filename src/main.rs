@@ -12,12 +12,18 @@ use pigeonair::config::Config;
 use pigeonair::directory::dn::Dn;
 use pigeonair::directory::entry::Attribute;
 use pigeonair::directory::filter::Filter;
-use pigeonair::directory::{hash_clear_passwords, Change, ChangeOp, DirectoryCommand, Scope, SearchRequest, WriteMeta};
+use pigeonair::directory::{
+    hash_clear_passwords, Change, ChangeOp, DirectoryCommand, Scope, SearchRequest, WriteMeta,
+};
 use pigeonair::ldif::{self, LdifRecord, ModOp};
 use pigeonair::node::{self, DemoAccount, Node};
 
 #[derive(Parser)]
-#[command(name = "pigeonair", version, about = "PigeonAir: a mail cluster with a replicated LDAP directory")]
+#[command(
+    name = "pigeonair",
+    version,
+    about = "PigeonAir: a mail cluster with a replicated LDAP directory"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -91,7 +97,10 @@ enum LdifCommand {
 
 fn main() {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("PIGEONAIR_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("PIGEONAIR_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     if let Err(e) = real_main() {
@@ -102,16 +111,41 @@ fn main() {
 
 fn real_main() -> Result<()> {
     match Cli::parse().command {
-        Command::Quickstart { data_dir, admin_password, ldap_listen } => quickstart(data_dir, admin_password, ldap_listen),
-        Command::Init { config, admin_password } => init(&config, admin_password),
+        Command::Quickstart {
+            data_dir,
+            admin_password,
+            ldap_listen,
+        } => quickstart(data_dir, admin_password, ldap_listen),
+        Command::Init {
+            config,
+            admin_password,
+        } => init(&config, admin_password),
         Command::Run { config } => run(&config),
-        Command::Ldif { command: LdifCommand::Import { file, config, batch } } => import(&file, &config, batch),
-        Command::Ldif { command: LdifCommand::Export { config, base, operational, output } } => export(&config, base, operational, output),
+        Command::Ldif {
+            command:
+                LdifCommand::Import {
+                    file,
+                    config,
+                    batch,
+                },
+        } => import(&file, &config, batch),
+        Command::Ldif {
+            command:
+                LdifCommand::Export {
+                    config,
+                    base,
+                    operational,
+                    output,
+                },
+        } => export(&config, base, operational, output),
     }
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")
 }
 
 /// What quickstart remembers between starts: the credentials it generated.
@@ -121,20 +155,35 @@ struct QuickstartCredentials {
     accounts: Vec<DemoAccount>,
 }
 
-fn quickstart(data_dir: PathBuf, admin_password: Option<String>, ldap_listen: SocketAddr) -> Result<()> {
+fn quickstart(
+    data_dir: PathBuf,
+    admin_password: Option<String>,
+    ldap_listen: SocketAddr,
+) -> Result<()> {
     let mut config = Config::default();
     config.node.data_dir = data_dir.clone();
     config.ldap.listen = vec![ldap_listen];
     let creds_path = data_dir.join("quickstart-credentials.toml");
     let creds = if node::is_initialised(&data_dir) {
-        let text = std::fs::read_to_string(&creds_path)
-            .with_context(|| format!("{} holds data but no {}; use `pigeonair run` for it", data_dir.display(), creds_path.display()))?;
-        toml::from_str::<QuickstartCredentials>(&text).context("reading the quickstart credentials")?
+        let text = std::fs::read_to_string(&creds_path).with_context(|| {
+            format!(
+                "{} holds data but no {}; use `pigeonair run` for it",
+                data_dir.display(),
+                creds_path.display()
+            )
+        })?;
+        toml::from_str::<QuickstartCredentials>(&text)
+            .context("reading the quickstart credentials")?
     } else {
         let dir = node::open_directory(&config).map_err(anyhow::Error::msg)?;
-        let admin_password = admin_password.unwrap_or_else(pigeonair::directory::password::generate);
-        let accounts = node::bootstrap(&dir, &config.admin_dn(), &admin_password, true).map_err(anyhow::Error::msg)?;
-        let creds = QuickstartCredentials { admin_password, accounts };
+        let admin_password =
+            admin_password.unwrap_or_else(pigeonair::directory::password::generate);
+        let accounts = node::bootstrap(&dir, &config.admin_dn(), &admin_password, true)
+            .map_err(anyhow::Error::msg)?;
+        let creds = QuickstartCredentials {
+            admin_password,
+            accounts,
+        };
         write_private(&creds_path, &toml::to_string(&creds)?)?;
         write_private(&data_dir.join("pigeonair.toml"), &config.to_toml())?;
         creds
@@ -151,7 +200,11 @@ fn quickstart(data_dir: PathBuf, admin_password: Option<String>, ldap_listen: So
         writeln!(out, "  admin:     {}", config.admin_dn())?;
         writeln!(out, "  password:  {}", creds.admin_password)?;
         for a in &creds.accounts {
-            writeln!(out, "  account:   {} {} password: {}", a.mail, a.dn, a.password)?;
+            writeln!(
+                out,
+                "  account:   {} {} password: {}",
+                a.mail, a.dn, a.password
+            )?;
         }
         writeln!(out, "  data:      {}", data_dir.display())?;
         writeln!(out, "ready")?;
@@ -202,7 +255,11 @@ fn init(config_path: &Path, admin_password: Option<String>) -> Result<()> {
 fn run(config_path: &Path) -> Result<()> {
     let config = Config::load(config_path).map_err(anyhow::Error::msg)?;
     if !node::is_initialised(&config.node.data_dir) {
-        bail!("{} is not initialised: run `pigeonair init --config {}` first", config.node.data_dir.display(), config_path.display());
+        bail!(
+            "{} is not initialised: run `pigeonair init --config {}` first",
+            config.node.data_dir.display(),
+            config_path.display()
+        );
     }
     runtime()?.block_on(async {
         let node = Node::start(&config).await.map_err(anyhow::Error::msg)?;
@@ -223,7 +280,10 @@ fn command_of(record: LdifRecord, actor: &str) -> DirectoryCommand {
         for (name, value) in attrs {
             match out.iter_mut().find(|a| a.name.eq_ignore_ascii_case(&name)) {
                 Some(a) => a.values.push(value),
-                None => out.push(Attribute { name, values: vec![value] }),
+                None => out.push(Attribute {
+                    name,
+                    values: vec![value],
+                }),
             }
         }
         for a in &mut out {
@@ -232,7 +292,11 @@ fn command_of(record: LdifRecord, actor: &str) -> DirectoryCommand {
         out
     };
     match record {
-        LdifRecord::Entry { dn, attrs } | LdifRecord::Add { dn, attrs } => DirectoryCommand::Add { dn, attrs: attrs_of(attrs), meta },
+        LdifRecord::Entry { dn, attrs } | LdifRecord::Add { dn, attrs } => DirectoryCommand::Add {
+            dn,
+            attrs: attrs_of(attrs),
+            meta,
+        },
         LdifRecord::Delete { dn } => DirectoryCommand::Delete { dn, meta },
         LdifRecord::Modify { dn, mods } => DirectoryCommand::Modify {
             dn,
@@ -249,19 +313,37 @@ fn command_of(record: LdifRecord, actor: &str) -> DirectoryCommand {
                     if op != ChangeOp::Delete {
                         hash_clear_passwords(&m.attr, &mut values);
                     }
-                    Change { op, attr: m.attr, values }
+                    Change {
+                        op,
+                        attr: m.attr,
+                        values,
+                    }
                 })
                 .collect(),
             meta,
         },
-        LdifRecord::ModRdn { dn, new_rdn, delete_old_rdn, new_superior } => DirectoryCommand::ModifyDn { dn, new_rdn, delete_old_rdn, new_superior, meta },
+        LdifRecord::ModRdn {
+            dn,
+            new_rdn,
+            delete_old_rdn,
+            new_superior,
+        } => DirectoryCommand::ModifyDn {
+            dn,
+            new_rdn,
+            delete_old_rdn,
+            new_superior,
+            meta,
+        },
     }
 }
 
 fn import(file: &Path, config_path: &Path, batch: usize) -> Result<()> {
     let config = Config::load(config_path).map_err(anyhow::Error::msg)?;
     let dir = node::open_directory(&config).map_err(anyhow::Error::msg)?;
-    let reader = BufReader::with_capacity(1 << 20, std::fs::File::open(file).with_context(|| format!("opening {}", file.display()))?);
+    let reader = BufReader::with_capacity(
+        1 << 20,
+        std::fs::File::open(file).with_context(|| format!("opening {}", file.display()))?,
+    );
     let actor = config.admin_dn();
     let started = Instant::now();
     let mut parse_error = None;
@@ -280,22 +362,39 @@ fn import(file: &Path, config_path: &Path, batch: usize) -> Result<()> {
     match result {
         Ok(n) => {
             if let Some(e) = parse_error {
-                bail!("{}: {e} (the {n} records before it were imported)", file.display());
+                bail!(
+                    "{}: {e} (the {n} records before it were imported)",
+                    file.display()
+                );
             }
-            println!("imported {n} records in {:.1} s", started.elapsed().as_secs_f64());
+            println!(
+                "imported {n} records in {:.1} s",
+                started.elapsed().as_secs_f64()
+            );
             Ok(())
         }
-        Err((n, e)) => bail!("record {} of {}: {e} (the {n} records before it were imported)", n + 1, file.display()),
+        Err((n, e)) => bail!(
+            "record {} of {}: {e} (the {n} records before it were imported)",
+            n + 1,
+            file.display()
+        ),
     }
 }
 
-fn export(config_path: &Path, base: Option<String>, operational: bool, output: Option<PathBuf>) -> Result<()> {
+fn export(
+    config_path: &Path,
+    base: Option<String>,
+    operational: bool,
+    output: Option<PathBuf>,
+) -> Result<()> {
     let config = Config::load(config_path).map_err(anyhow::Error::msg)?;
     let dir = node::open_directory(&config).map_err(anyhow::Error::msg)?;
     let base = base.unwrap_or_else(|| config.directory.suffix.clone());
     Dn::parse(&base).context("--base")?;
     let mut out: Box<dyn Write> = match &output {
-        Some(p) => Box::new(BufWriter::new(std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?)),
+        Some(p) => Box::new(BufWriter::new(
+            std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?,
+        )),
         None => Box::new(BufWriter::new(std::io::stdout().lock())),
     };
     ldif::write_version(&mut out)?;
@@ -304,23 +403,40 @@ fn export(config_path: &Path, base: Option<String>, operational: bool, output: O
     let schema = dir.schema().clone();
     let mut io_error = None;
     let mut n = 0usize;
-    view.search(&SearchRequest { base: &base, scope: Scope::Subtree, filter: &filter, size_limit: 0, deadline: None }, |_, e| {
-        let attrs: Vec<(String, Vec<u8>)> = e
-            .attrs
-            .iter()
-            .filter(|a| !pigeonair::directory::VIRTUAL_ATTRS.iter().any(|v| v.eq_ignore_ascii_case(&a.name)))
-            .filter(|a| operational || schema.attr(&a.name).is_some_and(|t| !t.is_operational()))
-            .flat_map(|a| a.values.iter().map(|v| (a.name.clone(), v.clone())))
-            .collect();
-        n += 1;
-        match ldif::write_entry(&mut out, &e.dn, &attrs) {
-            Ok(()) => true,
-            Err(err) => {
-                io_error = Some(err);
-                false
+    view.search(
+        &SearchRequest {
+            base: &base,
+            scope: Scope::Subtree,
+            filter: &filter,
+            size_limit: 0,
+            deadline: None,
+            hidden: &[],
+            viewer_key: "",
+        },
+        |_, e| {
+            let attrs: Vec<(String, Vec<u8>)> = e
+                .attrs
+                .iter()
+                .filter(|a| {
+                    !pigeonair::directory::VIRTUAL_ATTRS
+                        .iter()
+                        .any(|v| v.eq_ignore_ascii_case(&a.name))
+                })
+                .filter(|a| {
+                    operational || schema.attr(&a.name).is_some_and(|t| !t.is_operational())
+                })
+                .flat_map(|a| a.values.iter().map(|v| (a.name.clone(), v.clone())))
+                .collect();
+            n += 1;
+            match ldif::write_entry(&mut out, &e.dn, &attrs) {
+                Ok(()) => true,
+                Err(err) => {
+                    io_error = Some(err);
+                    false
+                }
             }
-        }
-    })?;
+        },
+    )?;
     if let Some(e) = io_error {
         return Err(e.into());
     }

@@ -18,7 +18,8 @@ pub fn open_directory(config: &Config) -> Result<Directory, String> {
         Some(dir) => Schema::load_dir(dir).map_err(|e| e.to_string())?,
         None => Schema::builtin(),
     };
-    std::fs::create_dir_all(&config.node.data_dir).map_err(|e| format!("{}: {e}", config.node.data_dir.display()))?;
+    std::fs::create_dir_all(&config.node.data_dir)
+        .map_err(|e| format!("{}: {e}", config.node.data_dir.display()))?;
     let settings = DirectorySettings {
         suffix: config.directory.suffix.clone(),
         indexes: config.directory.indexes.clone(),
@@ -42,15 +43,26 @@ impl Node {
     pub async fn start(config: &Config) -> Result<Node, String> {
         let directory = Arc::new(open_directory(config)?);
         let (shutdown, rx) = watch::channel(false);
-        let ctx = Arc::new(LdapContext::new(directory.clone(), config.ldap.clone(), &[config.admin_dn()])?);
+        let ctx = Arc::new(LdapContext::new(
+            directory.clone(),
+            config.ldap.clone(),
+            &[config.admin_dn()],
+        )?);
         let mut ldap_addrs = Vec::new();
         let mut tasks = Vec::new();
         for addr in &config.ldap.listen {
-            let listener = TcpListener::bind(addr).await.map_err(|e| format!("ldap: cannot listen on {addr}: {e}"))?;
+            let listener = TcpListener::bind(addr)
+                .await
+                .map_err(|e| format!("ldap: cannot listen on {addr}: {e}"))?;
             ldap_addrs.push(listener.local_addr().map_err(|e| e.to_string())?);
             tasks.push(tokio::spawn(ldap::serve(ctx.clone(), listener, rx.clone())));
         }
-        Ok(Node { directory, ldap_addrs, shutdown, tasks })
+        Ok(Node {
+            directory,
+            ldap_addrs,
+            shutdown,
+            tasks,
+        })
     }
 
     /// Stop accepting, close sessions, wait for the services to end.
@@ -106,37 +118,81 @@ fn add(dir: &Directory, admin: &str, dn: String, attrs: &[(&str, &[&str])]) -> R
         .map(|(name, values)| {
             let mut values: Vec<Vec<u8>> = values.iter().map(|v| v.as_bytes().to_vec()).collect();
             hash_clear_passwords(name, &mut values);
-            Attribute { name: name.to_string(), values }
+            Attribute {
+                name: name.to_string(),
+                values,
+            }
         })
         .collect();
-    dir.apply(&DirectoryCommand::Add { dn: dn.clone(), attrs, meta: WriteMeta::now(admin) }).map_err(|e| format!("{dn}: {e}"))
+    dir.apply(&DirectoryCommand::Add {
+        dn: dn.clone(),
+        attrs,
+        meta: WriteMeta::now(admin),
+    })
+    .map_err(|e| format!("{dn}: {e}"))
 }
 
 /// Create the base of the tree: the suffix, `ou=domains`, `ou=nodes`, `ou=system` and
 /// the administrator; with `demo`, the domain example.org with alice and bob.
-pub fn bootstrap(dir: &Directory, admin_dn: &str, admin_password: &str, demo: bool) -> Result<Vec<DemoAccount>, String> {
+pub fn bootstrap(
+    dir: &Directory,
+    admin_dn: &str,
+    admin_password: &str,
+    demo: bool,
+) -> Result<Vec<DemoAccount>, String> {
     let suffix = dir.suffix().to_string();
-    let first = dir.suffix().rdn().and_then(|r| r.0.first()).ok_or("empty suffix")?;
+    let first = dir
+        .suffix()
+        .rdn()
+        .and_then(|r| r.0.first())
+        .ok_or("empty suffix")?;
     let first_value = String::from_utf8_lossy(&first.value).into_owned();
     let top_class = match first.attr.to_ascii_lowercase().as_str() {
         "dc" => vec!["top", "domain"],
         "o" => vec!["top", "organization"],
         "ou" => vec!["top", "organizationalUnit"],
-        other => return Err(format!("a suffix whose RDN is {other}= is not supported; use dc=, o= or ou=")),
+        other => {
+            return Err(format!(
+                "a suffix whose RDN is {other}= is not supported; use dc=, o= or ou="
+            ))
+        }
     };
     let naming = first.attr.clone();
-    add(dir, admin_dn, suffix.clone(), &[("objectClass", &top_class), (naming.as_str(), &[first_value.as_str()])])?;
+    add(
+        dir,
+        admin_dn,
+        suffix.clone(),
+        &[
+            ("objectClass", &top_class),
+            (naming.as_str(), &[first_value.as_str()]),
+        ],
+    )?;
     for ou in ["domains", "nodes", "system"] {
-        add(dir, admin_dn, format!("ou={ou},{suffix}"), &[("objectClass", &["top", "organizationalUnit"]), ("ou", &[ou])])?;
+        add(
+            dir,
+            admin_dn,
+            format!("ou={ou},{suffix}"),
+            &[
+                ("objectClass", &["top", "organizationalUnit"]),
+                ("ou", &[ou]),
+            ],
+        )?;
     }
     let admin = crate::directory::dn::Dn::parse(admin_dn).map_err(|e| e.to_string())?;
-    let admin_cn = admin.rdn().and_then(|r| r.0.first()).map(|a| String::from_utf8_lossy(&a.value).into_owned()).unwrap_or_default();
+    let admin_cn = admin
+        .rdn()
+        .and_then(|r| r.0.first())
+        .map(|a| String::from_utf8_lossy(&a.value).into_owned())
+        .unwrap_or_default();
     add(
         dir,
         admin_dn,
         admin_dn.to_string(),
         &[
-            ("objectClass", &["top", "organizationalRole", "simpleSecurityObject"]),
+            (
+                "objectClass",
+                &["top", "organizationalRole", "simpleSecurityObject"],
+            ),
             ("cn", &[admin_cn.as_str()]),
             ("description", &["PigeonAir cluster administrator"]),
             ("userPassword", &[admin_password]),
@@ -150,13 +206,28 @@ pub fn bootstrap(dir: &Directory, admin_dn: &str, admin_password: &str, demo: bo
         dir,
         admin_dn,
         domain.clone(),
-        &[("objectClass", &["top", "domain", "pigeonairMailDomain"]), ("dc", &["example.org"]), ("description", &["Demo domain"])],
+        &[
+            ("objectClass", &["top", "domain", "pigeonairMailDomain"]),
+            ("dc", &["example.org"]),
+            ("description", &["Demo domain"]),
+        ],
     )?;
     for ou in ["people", "aliases"] {
-        add(dir, admin_dn, format!("ou={ou},{domain}"), &[("objectClass", &["top", "organizationalUnit"]), ("ou", &[ou])])?;
+        add(
+            dir,
+            admin_dn,
+            format!("ou={ou},{domain}"),
+            &[
+                ("objectClass", &["top", "organizationalUnit"]),
+                ("ou", &[ou]),
+            ],
+        )?;
     }
     let mut accounts = Vec::new();
-    for (uid, cn, sn) in [("alice", "Alice Liddell", "Liddell"), ("bob", "Bob Dobbs", "Dobbs")] {
+    for (uid, cn, sn) in [
+        ("alice", "Alice Liddell", "Liddell"),
+        ("bob", "Bob Dobbs", "Dobbs"),
+    ] {
         let password = crate::directory::password::generate();
         let mail = format!("{uid}@example.org");
         let dn = format!("uid={uid},ou=people,{domain}");
@@ -165,7 +236,15 @@ pub fn bootstrap(dir: &Directory, admin_dn: &str, admin_password: &str, demo: bo
             admin_dn,
             dn.clone(),
             &[
-                ("objectClass", &["top", "inetOrgPerson", "inetLocalMailRecipient", "pigeonairMailAccount"]),
+                (
+                    "objectClass",
+                    &[
+                        "top",
+                        "inetOrgPerson",
+                        "inetLocalMailRecipient",
+                        "pigeonairMailAccount",
+                    ],
+                ),
                 ("uid", &[uid]),
                 ("cn", &[cn]),
                 ("sn", &[sn]),

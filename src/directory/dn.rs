@@ -53,7 +53,8 @@ impl Dn {
             loop {
                 skip_spaces(b, &mut i);
                 let start = i;
-                while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'-' || b[i] == b'.') {
+                while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'-' || b[i] == b'.')
+                {
                     i += 1;
                 }
                 let attr = &s[start..i];
@@ -62,16 +63,23 @@ impl Dn {
                     return Err(DnError(format!("expected attribute=value at offset {i}")));
                 }
                 if attr.starts_with(|c: char| c.is_ascii_digit()) {
-                    if !attr.split('.').all(|p| !p.is_empty() && p.bytes().all(|c| c.is_ascii_digit())) {
+                    if !attr
+                        .split('.')
+                        .all(|p| !p.is_empty() && p.bytes().all(|c| c.is_ascii_digit()))
+                    {
                         return Err(DnError(format!("bad numeric OID {attr:?}")));
                     }
-                } else if !attr.starts_with(|c: char| c.is_ascii_alphabetic()) || attr.contains('.') {
+                } else if !attr.starts_with(|c: char| c.is_ascii_alphabetic()) || attr.contains('.')
+                {
                     return Err(DnError(format!("bad attribute type {attr:?}")));
                 }
                 i += 1; // '='
                 skip_spaces(b, &mut i);
                 let value = parse_value(b, &mut i)?;
-                avas.push(Ava { attr: attr.to_string(), value });
+                avas.push(Ava {
+                    attr: attr.to_string(),
+                    value,
+                });
                 skip_spaces(b, &mut i);
                 if i < b.len() && b[i] == b'+' {
                     i += 1;
@@ -99,7 +107,9 @@ impl Dn {
 
     /// The DN one level up; the root's parent is the root.
     pub fn parent(&self) -> Dn {
-        Dn { rdns: self.rdns.iter().skip(1).cloned().collect() }
+        Dn {
+            rdns: self.rdns.iter().skip(1).cloned().collect(),
+        }
     }
 
     /// The DN of a child of this one.
@@ -137,7 +147,10 @@ fn parse_value(b: &[u8], i: &mut usize) -> Result<Vec<u8>, DnError> {
         let mut out = Vec::new();
         while *i < b.len() && hex(b[*i]).is_some() {
             let hi = hex(b[*i]).unwrap_or(0);
-            let lo = b.get(*i + 1).and_then(|c| hex(*c)).ok_or_else(|| DnError("odd hex string".into()))?;
+            let lo = b
+                .get(*i + 1)
+                .and_then(|c| hex(*c))
+                .ok_or_else(|| DnError("odd hex string".into()))?;
             out.push(hi << 4 | lo);
             *i += 2;
         }
@@ -200,7 +213,10 @@ fn ber_string_content(ber: &[u8]) -> Option<Vec<u8>> {
         if n == 0 || n > 4 || rest.len() < n {
             return None;
         }
-        (rest[..n].iter().fold(0usize, |a, &x| a << 8 | x as usize), &rest[n..])
+        (
+            rest[..n].iter().fold(0usize, |a, &x| a << 8 | x as usize),
+            &rest[n..],
+        )
     };
     (rest.len() == len).then(|| rest.to_vec())
 }
@@ -283,12 +299,22 @@ mod tests {
         let dn = Dn::parse("1.3.6.1.4.1.1466.0=#04024869,DC=example,DC=com").unwrap();
         assert_eq!(dn.rdns[0].0[0].value, b"Hi");
         let dn = Dn::parse("CN=Lu\\C4\\8Di\\C4\\87").unwrap();
-        assert_eq!(String::from_utf8(dn.rdns[0].0[0].value.clone()).unwrap(), "Lučić");
+        assert_eq!(
+            String::from_utf8(dn.rdns[0].0[0].value.clone()).unwrap(),
+            "Lučić"
+        );
     }
 
     #[test]
     fn round_trips_escapes() {
-        for s in ["cn=a\\,b,dc=x", "cn=\\ lead,dc=x", "cn=trail\\ ,dc=x", "cn=\\#x", "cn=a\\+b+sn=c", ""] {
+        for s in [
+            "cn=a\\,b,dc=x",
+            "cn=\\ lead,dc=x",
+            "cn=trail\\ ,dc=x",
+            "cn=\\#x",
+            "cn=a\\+b+sn=c",
+            "",
+        ] {
             let dn = Dn::parse(s).unwrap();
             assert_eq!(Dn::parse(&dn.to_string()).unwrap(), dn, "{s}");
         }
@@ -296,7 +322,9 @@ mod tests {
 
     #[test]
     fn rejects_garbage() {
-        for s in ["cn", "=x", "cn=a,", "cn=a\\", "cn=a\\zz", "c n=x", "1..2=x", "cn=\"q\""] {
+        for s in [
+            "cn", "=x", "cn=a,", "cn=a\\", "cn=a\\zz", "c n=x", "1..2=x", "cn=\"q\"",
+        ] {
             assert!(Dn::parse(s).is_err(), "{s}");
         }
     }

@@ -14,7 +14,10 @@ pub struct Attribute {
 impl Attribute {
     /// An attribute with string values.
     pub fn new<S: AsRef<[u8]>>(name: &str, values: impl IntoIterator<Item = S>) -> Attribute {
-        Attribute { name: name.to_string(), values: values.into_iter().map(|v| v.as_ref().to_vec()).collect() }
+        Attribute {
+            name: name.to_string(),
+            values: values.into_iter().map(|v| v.as_ref().to_vec()).collect(),
+        }
     }
 }
 
@@ -33,24 +36,33 @@ pub struct StoredEntry {
 impl StoredEntry {
     /// The attribute with this canonical name (case-insensitive).
     pub fn get(&self, name: &str) -> Option<&Attribute> {
-        self.attrs.iter().find(|a| a.name.eq_ignore_ascii_case(name))
+        self.attrs
+            .iter()
+            .find(|a| a.name.eq_ignore_ascii_case(name))
     }
 
     /// Mutable access to an attribute.
     pub fn get_mut(&mut self, name: &str) -> Option<&mut Attribute> {
-        self.attrs.iter_mut().find(|a| a.name.eq_ignore_ascii_case(name))
+        self.attrs
+            .iter_mut()
+            .find(|a| a.name.eq_ignore_ascii_case(name))
     }
 
     /// The first value of an attribute as text.
     pub fn first_str(&self, name: &str) -> Option<&str> {
-        self.get(name).and_then(|a| a.values.first()).and_then(|v| std::str::from_utf8(v).ok())
+        self.get(name)
+            .and_then(|a| a.values.first())
+            .and_then(|v| std::str::from_utf8(v).ok())
     }
 
     /// Set an attribute's values, replacing any.
     pub fn set(&mut self, name: &str, values: Vec<Vec<u8>>) {
         match self.get_mut(name) {
             Some(a) => a.values = values,
-            None => self.attrs.push(Attribute { name: name.to_string(), values }),
+            None => self.attrs.push(Attribute {
+                name: name.to_string(),
+                values,
+            }),
         }
     }
 

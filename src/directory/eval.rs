@@ -34,10 +34,19 @@ pub fn matches(schema: &Schema, f: &Filter, e: &StoredEntry) -> bool {
 }
 
 /// Values of `at` and its subtypes in the entry.
-fn values_of<'e>(schema: &'e Schema, at: &'e AttributeType, e: &'e StoredEntry) -> impl Iterator<Item = &'e Vec<u8>> + 'e {
+fn values_of<'e>(
+    schema: &'e Schema,
+    at: &'e AttributeType,
+    e: &'e StoredEntry,
+) -> impl Iterator<Item = &'e Vec<u8>> + 'e {
     e.attrs
         .iter()
-        .filter(move |a| a.name.eq_ignore_ascii_case(at.name()) || schema.attr(&a.name).is_some_and(|t| schema.is_subtype(t, at)))
+        .filter(move |a| {
+            a.name.eq_ignore_ascii_case(at.name())
+                || schema
+                    .attr(&a.name)
+                    .is_some_and(|t| schema.is_subtype(t, at))
+        })
         .flat_map(|a| a.values.iter())
 }
 
@@ -79,13 +88,21 @@ pub fn evaluate(schema: &Schema, f: &Filter, e: &StoredEntry, depth: usize) -> T
             None => Truth::False,
         },
         Filter::Equality(attr, value) | Filter::Approx(attr, value) => {
-            let Some(at) = schema.attr(attr) else { return Truth::Undefined };
-            let Some(rule) = at.equality else { return Truth::Undefined };
+            let Some(at) = schema.attr(attr) else {
+                return Truth::Undefined;
+            };
+            let Some(rule) = at.equality else {
+                return Truth::Undefined;
+            };
             equality(schema, rule, values_of(schema, at, e), value)
         }
         Filter::GreaterOrEqual(attr, value) | Filter::LessOrEqual(attr, value) => {
-            let Some(at) = schema.attr(attr) else { return Truth::Undefined };
-            let Some(rule) = at.ordering else { return Truth::Undefined };
+            let Some(at) = schema.attr(attr) else {
+                return Truth::Undefined;
+            };
+            let Some(rule) = at.ordering else {
+                return Truth::Undefined;
+            };
             let want_ge = matches!(f, Filter::GreaterOrEqual(..));
             let mut out = Truth::False;
             for v in values_of(schema, at, e) {
@@ -99,18 +116,46 @@ pub fn evaluate(schema: &Schema, f: &Filter, e: &StoredEntry, depth: usize) -> T
             }
             out
         }
-        Filter::Substrings { attr, initial, any, last } => {
-            let Some(at) = schema.attr(attr) else { return Truth::Undefined };
-            let Some(rule) = at.substr else { return Truth::Undefined };
+        Filter::Substrings {
+            attr,
+            initial,
+            any,
+            last,
+        } => {
+            let Some(at) = schema.attr(attr) else {
+                return Truth::Undefined;
+            };
+            let Some(rule) = at.substr else {
+                return Truth::Undefined;
+            };
             let parts = SubstringParts::new(schema, rule, initial.as_deref(), any, last.as_deref());
             Truth::from_bool(values_of(schema, at, e).any(|v| parts.matches(schema, rule, v)))
         }
-        Filter::Extensible { rule, attr, value, dn_attributes } => extensible(schema, rule.as_deref(), attr.as_deref(), value, *dn_attributes, e),
+        Filter::Extensible {
+            rule,
+            attr,
+            value,
+            dn_attributes,
+        } => extensible(
+            schema,
+            rule.as_deref(),
+            attr.as_deref(),
+            value,
+            *dn_attributes,
+            e,
+        ),
     }
 }
 
-fn equality<'v>(schema: &Schema, rule: Rule, values: impl Iterator<Item = &'v Vec<u8>>, assertion: &[u8]) -> Truth {
-    let Some(want) = schema.normalize_by(rule, assertion) else { return Truth::Undefined };
+fn equality<'v>(
+    schema: &Schema,
+    rule: Rule,
+    values: impl Iterator<Item = &'v Vec<u8>>,
+    assertion: &[u8],
+) -> Truth {
+    let Some(want) = schema.normalize_by(rule, assertion) else {
+        return Truth::Undefined;
+    };
     let mut out = Truth::False;
     for v in values {
         match schema.normalize_by(rule, v) {
@@ -129,8 +174,15 @@ struct SubstringParts {
 }
 
 impl SubstringParts {
-    fn new(schema: &Schema, rule: Rule, initial: Option<&[u8]>, any: &[Vec<u8>], last: Option<&[u8]>) -> SubstringParts {
-        let norm = |v: &[u8]| String::from_utf8_lossy(&schema.normalize_substring(rule, v)).into_owned();
+    fn new(
+        schema: &Schema,
+        rule: Rule,
+        initial: Option<&[u8]>,
+        any: &[Vec<u8>],
+        last: Option<&[u8]>,
+    ) -> SubstringParts {
+        let norm =
+            |v: &[u8]| String::from_utf8_lossy(&schema.normalize_substring(rule, v)).into_owned();
         SubstringParts {
             initial: initial.map(|v| norm(v).trim_start().to_string()),
             any: any.iter().map(|v| norm(v)).collect(),
@@ -139,7 +191,9 @@ impl SubstringParts {
     }
 
     fn matches(&self, schema: &Schema, rule: Rule, value: &[u8]) -> bool {
-        let n = schema.normalize_by(rule, value).unwrap_or_else(|| value.to_vec());
+        let n = schema
+            .normalize_by(rule, value)
+            .unwrap_or_else(|| value.to_vec());
         let s = String::from_utf8_lossy(&n);
         let mut rest: &str = &s;
         if let Some(i) = &self.initial {
@@ -172,11 +226,22 @@ fn parse_substring_assertion(v: &[u8]) -> (Option<Vec<u8>>, Vec<Vec<u8>>, Option
         return (Some(v.to_vec()), Vec::new(), Some(Vec::new()));
     }
     let opt = |p: &[u8]| (!p.is_empty()).then(|| p.to_vec());
-    let any = parts[1..parts.len() - 1].iter().filter(|p| !p.is_empty()).map(|p| p.to_vec()).collect();
+    let any = parts[1..parts.len() - 1]
+        .iter()
+        .filter(|p| !p.is_empty())
+        .map(|p| p.to_vec())
+        .collect();
     (opt(parts[0]), any, opt(parts[parts.len() - 1]))
 }
 
-fn extensible(schema: &Schema, rule: Option<&str>, attr: Option<&str>, value: &[u8], dn_attributes: bool, e: &StoredEntry) -> Truth {
+fn extensible(
+    schema: &Schema,
+    rule: Option<&str>,
+    attr: Option<&str>,
+    value: &[u8],
+    dn_attributes: bool,
+    e: &StoredEntry,
+) -> Truth {
     let at = match attr {
         Some(a) => match schema.attr(a) {
             Some(at) => Some(at),
@@ -199,13 +264,11 @@ fn extensible(schema: &Schema, rule: Option<&str>, attr: Option<&str>, value: &[
         match kind {
             RuleKind::Equality => equality(schema, rule, values, value),
             RuleKind::Ordering => {
-                {
                 let mut hit = false;
                 for v in values {
                     hit |= schema.order(rule, v, value) == Some(Ordering::Less);
                 }
                 Truth::from_bool(hit)
-            }
             }
             RuleKind::Substring => {
                 let (i, a, l) = parse_substring_assertion(value);
@@ -236,7 +299,9 @@ fn extensible(schema: &Schema, rule: Option<&str>, attr: Option<&str>, value: &[
         if let Ok(dn) = Dn::parse(&e.dn) {
             for ava in dn.rdns.iter().flat_map(|r| r.0.iter()) {
                 let applies = match at {
-                    Some(at) => schema.attr(&ava.attr).is_some_and(|t| schema.is_subtype(t, at)),
+                    Some(at) => schema
+                        .attr(&ava.attr)
+                        .is_some_and(|t| schema.is_subtype(t, at)),
                     None => true,
                 };
                 if applies && check(&mut std::iter::once(&ava.value)) == Truth::True {
@@ -281,7 +346,11 @@ mod tests {
         assert_eq!(eval("(objectClass=INETORGPERSON)"), Truth::True);
         assert_eq!(eval("(objectClass=2.16.840.1.113730.3.2.2)"), Truth::True);
         assert_eq!(eval("(uid=bob)"), Truth::False);
-        assert_eq!(eval("(name=liddell)"), Truth::True, "name matches its subtypes");
+        assert_eq!(
+            eval("(name=liddell)"),
+            Truth::True,
+            "name matches its subtypes"
+        );
     }
 
     #[test]

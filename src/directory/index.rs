@@ -41,17 +41,26 @@ const END: char = '\u{2}';
 
 impl IndexSet {
     /// Build from config lines like `("mail", "eq,sub")`, resolving names by the schema.
-    pub fn from_config(schema: &Schema, spec: &BTreeMap<String, String>) -> Result<IndexSet, String> {
+    pub fn from_config(
+        schema: &Schema,
+        spec: &BTreeMap<String, String>,
+    ) -> Result<IndexSet, String> {
         let mut attrs = BTreeMap::new();
         for (name, kinds) in spec {
-            let at = schema.attr(name).ok_or_else(|| format!("index on unknown attribute {name}"))?;
+            let at = schema
+                .attr(name)
+                .ok_or_else(|| format!("index on unknown attribute {name}"))?;
             let mut k = IndexKinds::default();
             for part in kinds.split(',').map(str::trim).filter(|p| !p.is_empty()) {
                 match part {
                     "eq" => k.eq = true,
                     "pres" => k.pres = true,
                     "sub" => k.sub = true,
-                    other => return Err(format!("index kind {other:?} for {name} (use eq, pres, sub)")),
+                    other => {
+                        return Err(format!(
+                            "index kind {other:?} for {name} (use eq, pres, sub)"
+                        ))
+                    }
                 }
             }
             if k.eq && at.equality.is_none() {
@@ -66,11 +75,20 @@ impl IndexSet {
             .keys()
             .filter(|a| {
                 let at = schema.attr(a);
-                schema.attribute_types().iter().any(|t| t.sup.as_deref().and_then(|s| schema.attr(s)).map(|s| s.oid.clone()) == at.map(|a| a.oid.clone()))
+                schema.attribute_types().iter().any(|t| {
+                    t.sup
+                        .as_deref()
+                        .and_then(|s| schema.attr(s))
+                        .map(|s| s.oid.clone())
+                        == at.map(|a| a.oid.clone())
+                })
             })
             .cloned()
             .collect();
-        Ok(IndexSet { attrs, with_subtypes })
+        Ok(IndexSet {
+            attrs,
+            with_subtypes,
+        })
     }
 
     fn kinds(&self, attr_lc: &str) -> Option<IndexKinds> {
@@ -85,7 +103,9 @@ impl IndexSet {
         let mut keys = BTreeSet::new();
         for attr in &entry.attrs {
             let lc = attr.name.to_ascii_lowercase();
-            let Some(kinds) = self.attrs.get(&lc).copied() else { continue };
+            let Some(kinds) = self.attrs.get(&lc).copied() else {
+                continue;
+            };
             let Some(at) = schema.attr(&lc) else { continue };
             if kinds.pres {
                 keys.insert(key(&lc, b'*', b""));
@@ -110,18 +130,35 @@ impl IndexSet {
 
     /// Candidate ids for a filter, ascending, or `None` when the indexes cannot narrow
     /// it (every entry in scope must then be checked).
-    pub fn candidates(&self, schema: &Schema, r: &impl Reader, f: &Filter) -> Result<Option<Vec<u64>>, StoreError> {
+    pub fn candidates(
+        &self,
+        schema: &Schema,
+        r: &impl Reader,
+        f: &Filter,
+    ) -> Result<Option<Vec<u64>>, StoreError> {
         self.plan(schema, r, f, 0)
     }
 
-    fn plan(&self, schema: &Schema, r: &impl Reader, f: &Filter, depth: usize) -> Result<Option<Vec<u64>>, StoreError> {
+    fn plan(
+        &self,
+        schema: &Schema,
+        r: &impl Reader,
+        f: &Filter,
+        depth: usize,
+    ) -> Result<Option<Vec<u64>>, StoreError> {
         if depth > 64 {
             return Ok(None);
         }
-        let resolve = |attr: &str| schema.attr(attr).map(|at| (at, at.name().to_ascii_lowercase()));
+        let resolve = |attr: &str| {
+            schema
+                .attr(attr)
+                .map(|at| (at, at.name().to_ascii_lowercase()))
+        };
         Ok(match f {
             Filter::Equality(attr, value) | Filter::Approx(attr, value) => {
-                let Some((at, lc)) = resolve(attr) else { return Ok(Some(Vec::new())) };
+                let Some((at, lc)) = resolve(attr) else {
+                    return Ok(Some(Vec::new()));
+                };
                 match (self.kinds(&lc), schema.normalize(at, value)) {
                     (Some(k), Some(n)) if k.eq => Some(r.index_get(&key(&lc, b'=', &n))?),
                     (Some(k), None) if k.eq => Some(Vec::new()),
@@ -129,19 +166,32 @@ impl IndexSet {
                 }
             }
             Filter::Present(attr) => {
-                let Some((_, lc)) = resolve(attr) else { return Ok(Some(Vec::new())) };
+                let Some((_, lc)) = resolve(attr) else {
+                    return Ok(Some(Vec::new()));
+                };
                 match self.kinds(&lc) {
                     Some(k) if k.pres => Some(r.index_get(&key(&lc, b'*', b""))?),
                     _ => None,
                 }
             }
-            Filter::Substrings { attr, initial, any, last } => {
-                let Some((at, lc)) = resolve(attr) else { return Ok(Some(Vec::new())) };
-                let (Some(k), Some(rule)) = (self.kinds(&lc), at.substr) else { return Ok(None) };
+            Filter::Substrings {
+                attr,
+                initial,
+                any,
+                last,
+            } => {
+                let Some((at, lc)) = resolve(attr) else {
+                    return Ok(Some(Vec::new()));
+                };
+                let (Some(k), Some(rule)) = (self.kinds(&lc), at.substr) else {
+                    return Ok(None);
+                };
                 if !k.sub {
                     return Ok(None);
                 }
-                let norm = |v: &Vec<u8>| String::from_utf8_lossy(&schema.normalize_substring(rule, v)).into_owned();
+                let norm = |v: &Vec<u8>| {
+                    String::from_utf8_lossy(&schema.normalize_substring(rule, v)).into_owned()
+                };
                 let mut grams = BTreeSet::new();
                 if let Some(i) = initial {
                     grams.extend(trigrams(&format!("{START}{}", norm(i).trim_start())));

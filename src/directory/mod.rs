@@ -45,9 +45,15 @@ pub struct WriteMeta {
 impl WriteMeta {
     /// Meta for a change made now by `actor`, with a fresh UUID for a new entry.
     pub fn now(actor: &str) -> WriteMeta {
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
         let time = schema::GeneralizedTime::from_unix(now.as_secs() as i64, 0).canonical();
-        WriteMeta { actor: actor.to_string(), time, entry_uuid: Some(uuid::Uuid::new_v4().to_string()) }
+        WriteMeta {
+            actor: actor.to_string(),
+            time,
+            entry_uuid: Some(uuid::Uuid::new_v4().to_string()),
+        }
     }
 }
 
@@ -162,6 +168,15 @@ pub enum DirError {
     Store(#[from] StoreError),
 }
 
+/// The whole directory, for Raft snapshots.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DirectorySnapshot {
+    /// (id, encoded entry) in id order.
+    pub entries: Vec<(u64, Vec<u8>)>,
+    /// Metadata (the id counter and the keys asked for).
+    pub meta: Vec<(String, Vec<u8>)>,
+}
+
 /// Search scope.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scope {
@@ -186,6 +201,11 @@ pub struct SearchRequest<'a> {
     pub size_limit: usize,
     /// Give up at this instant.
     pub deadline: Option<Instant>,
+    /// Attributes the caller may not read: the filter cannot see them either, except
+    /// on the entry whose key is `viewer_key` (the caller's own).
+    pub hidden: &'a [&'a str],
+    /// The caller's own DN key (empty: anonymous).
+    pub viewer_key: &'a str,
 }
 
 /// Settings of a directory (from the node's configuration).
@@ -216,21 +236,34 @@ pub struct Directory {
 impl Directory {
     /// Open (or create) the directory in `data_dir/directory.redb`, rebuilding the
     /// indexes when their configuration changed since the last start.
-    pub fn open(data_dir: &Path, schema: Schema, settings: &DirectorySettings) -> Result<Directory, String> {
-        let store = Store::open(&data_dir.join("directory.redb"), settings.cache_bytes).map_err(|e| e.0)?;
+    pub fn open(
+        data_dir: &Path,
+        schema: Schema,
+        settings: &DirectorySettings,
+    ) -> Result<Directory, String> {
+        let store =
+            Store::open(&data_dir.join("directory.redb"), settings.cache_bytes).map_err(|e| e.0)?;
         let suffix = Dn::parse(&settings.suffix).map_err(|e| format!("suffix: {e}"))?;
         if suffix.is_root() {
             return Err("suffix: the naming context may not be empty".into());
         }
         let suffix_key = schema.dn_key(&suffix).map_err(|e| format!("suffix: {e}"))?;
         let indexes = IndexSet::from_config(&schema, &settings.indexes)?;
-        let dir = Directory { schema: Arc::new(schema), store, suffix, suffix_key, indexes };
+        let dir = Directory {
+            schema: Arc::new(schema),
+            store,
+            suffix,
+            suffix_key,
+            indexes,
+        };
         dir.ensure_indexes().map_err(|e| e.to_string())?;
         Ok(dir)
     }
 
     fn ensure_indexes(&self) -> Result<(), DirError> {
-        let wanted = bincode::serde::encode_to_vec(&self.indexes.attrs, bincode::config::standard()).unwrap_or_default();
+        let wanted =
+            bincode::serde::encode_to_vec(&self.indexes.attrs, bincode::config::standard())
+                .unwrap_or_default();
         let r = self.store.read()?;
         if r.meta("index_config")?.as_deref() == Some(wanted.as_slice()) {
             return Ok(());
@@ -261,17 +294,15 @@ impl Directory {
 
     /// A consistent snapshot for reading.
     pub fn view(&self) -> Result<DirView<'_>, DirError> {
-        Ok(DirView { dir: self, r: self.store.read()? })
+        Ok(DirView {
+            dir: self,
+            r: self.store.read()?,
+        })
     }
 
     /// True when nothing has been stored yet.
     pub fn is_empty(&self) -> Result<bool, DirError> {
         Ok(self.view()?.r.id_of(&self.suffix_key)?.is_none())
-    }
-
-    /// The last applied position recorded with [`Directory::apply_at`].
-    pub fn applied(&self) -> Result<Option<Vec<u8>>, DirError> {
-        Ok(self.store.read()?.meta("applied")?)
     }
 
     /// Apply one command durably.
@@ -282,20 +313,87 @@ impl Directory {
         Ok(())
     }
 
-    /// Apply one command and record `position` (e.g. a log id) in the same transaction.
-    /// A command that fails its checks still records the position: the failure is its
-    /// deterministic outcome.
-    pub fn apply_at(&self, cmd: &DirectoryCommand, position: &[u8]) -> Result<(), DirError> {
+    /// Apply one command (if any) and write `meta` (e.g. the applied log id and the
+    /// membership) in the same durable transaction. A command that fails its checks
+    /// still records the meta: the failure is its deterministic outcome. `Err` of the
+    /// outer result is a storage failure; the inner result is the command's own.
+    pub fn apply_with_meta(
+        &self,
+        cmd: Option<&DirectoryCommand>,
+        meta: &[(&str, &[u8])],
+    ) -> Result<Result<(), DirError>, StoreError> {
         let mut w = self.store.write()?;
-        let out = self.apply_in(&mut w, cmd);
+        let out = match cmd {
+            Some(c) => self.apply_in(&mut w, c),
+            None => Ok(()),
+        };
+        if let Err(DirError::Store(e)) = out {
+            return Err(e);
+        }
         if out.is_err() {
-            // Discard partial work of the failed command, keep only the position.
+            // Discard the failed command's partial work, keep only the meta.
             drop(w);
             w = self.store.write()?;
         }
-        w.set_meta("applied", position)?;
+        for (k, v) in meta {
+            w.set_meta(k, v)?;
+        }
         w.commit()?;
-        out
+        Ok(out)
+    }
+
+    /// A metadata value written by [`Directory::apply_with_meta`].
+    pub fn meta(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.store.read()?.meta(name)
+    }
+
+    /// The whole directory as one value: every entry with its id, the id counter and
+    /// the given metadata keys.
+    pub fn snapshot(&self, meta_keys: &[&str]) -> Result<DirectorySnapshot, StoreError> {
+        let r = self.store.read()?;
+        let entries = r.raw_entries()?;
+        let mut meta = Vec::new();
+        for k in meta_keys.iter().chain(["next_id"].iter()) {
+            if let Some(v) = r.meta(k)? {
+                meta.push((k.to_string(), v));
+            }
+        }
+        Ok(DirectorySnapshot { entries, meta })
+    }
+
+    /// Replace the whole directory with a snapshot, in one durable transaction, and
+    /// rebuild the indexes.
+    pub fn install(&self, snap: &DirectorySnapshot) -> Result<(), StoreError> {
+        let mut w = self.store.write()?;
+        w.clear_all()?;
+        for (id, raw) in &snap.entries {
+            let e = store::decode(raw)?;
+            w.put_entry(*id, &e)?;
+            w.index_insert(&self.indexes.keys_of(&self.schema, &e), *id)?;
+        }
+        for (k, v) in &snap.meta {
+            w.set_meta(k, v)?;
+        }
+        w.commit()
+    }
+
+    /// A digest of the directory's content (every entry's DN key and encoded form, in
+    /// key order): equal on replicas that hold the same data.
+    pub fn digest(&self) -> Result<String, StoreError> {
+        use sha2::{Digest, Sha256};
+        let r = self.store.read()?;
+        let mut h = Sha256::new();
+        for (key, id) in r.scan_prefix("")? {
+            h.update(key.as_bytes());
+            h.update([0u8]);
+            if let Some(e) = r.entry(id)? {
+                h.update(
+                    bincode::serde::encode_to_vec(&e, bincode::config::standard())
+                        .unwrap_or_default(),
+                );
+            }
+        }
+        Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
     }
 
     /// Apply many commands in large transactions that are synced once at the end (bulk
@@ -355,16 +453,35 @@ impl Directory {
             DirectoryCommand::Add { dn, attrs, meta } => self.add(w, dn, attrs, meta),
             DirectoryCommand::Modify { dn, changes, meta } => self.modify(w, dn, changes, meta),
             DirectoryCommand::Delete { dn, .. } => self.delete(w, dn),
-            DirectoryCommand::ModifyDn { dn, new_rdn, delete_old_rdn, new_superior, meta } => {
-                self.modify_dn(w, dn, new_rdn, *delete_old_rdn, new_superior.as_deref(), meta)
-            }
+            DirectoryCommand::ModifyDn {
+                dn,
+                new_rdn,
+                delete_old_rdn,
+                new_superior,
+                meta,
+            } => self.modify_dn(
+                w,
+                dn,
+                new_rdn,
+                *delete_old_rdn,
+                new_superior.as_deref(),
+                meta,
+            ),
         }
     }
 
-    fn add(&self, w: &mut WriteBatch, dn_str: &str, attrs: &[Attribute], meta: &WriteMeta) -> Result<(), DirError> {
+    fn add(
+        &self,
+        w: &mut WriteBatch,
+        dn_str: &str,
+        attrs: &[Attribute],
+        meta: &WriteMeta,
+    ) -> Result<(), DirError> {
         let (dn, key) = self.parse_dn(dn_str)?;
         if !self.in_context(&key) {
-            return Err(DirError::UnwillingToPerform("the entry is not within this directory's naming context".into()));
+            return Err(DirError::UnwillingToPerform(
+                "the entry is not within this directory's naming context".into(),
+            ));
         }
         if w.id_of(&key)?.is_some() {
             return Err(DirError::AlreadyExists);
@@ -372,20 +489,36 @@ impl Directory {
         if key != self.suffix_key {
             let parent_key = self.schema.dn_key(&dn.parent())?;
             if w.id_of(&parent_key)?.is_none() {
-                return Err(DirError::NoSuchObject { matched: self.matched(w, &dn)? });
+                return Err(DirError::NoSuchObject {
+                    matched: self.matched(w, &dn)?,
+                });
             }
         }
-        let mut entry = StoredEntry { dn: dn.to_string(), key, attrs: Vec::new() };
+        let mut entry = StoredEntry {
+            dn: dn.to_string(),
+            key,
+            attrs: Vec::new(),
+        };
         for a in attrs {
-            let at = self.schema.attr(&a.name).ok_or_else(|| Violation::UndefinedAttribute(a.name.clone()))?;
+            let at = self
+                .schema
+                .attr(&a.name)
+                .ok_or_else(|| Violation::UndefinedAttribute(a.name.clone()))?;
             if at.no_user_modification {
-                return Err(Violation::NoUserModification(format!("{}: no user modification allowed", at.name())).into());
+                return Err(Violation::NoUserModification(format!(
+                    "{}: no user modification allowed",
+                    at.name()
+                ))
+                .into());
             }
             if a.values.is_empty() {
                 return Err(Violation::Constraint(format!("{}: no values", at.name())).into());
             }
             let name = at.name().to_string();
-            let mut values = entry.get(&name).map(|x| x.values.clone()).unwrap_or_default();
+            let mut values = entry
+                .get(&name)
+                .map(|x| x.values.clone())
+                .unwrap_or_default();
             for v in &a.values {
                 self.schema.check_syntax(at, v)?;
                 if self.has_value(at, &values, v) {
@@ -412,7 +545,9 @@ impl Directory {
 
     fn has_value(&self, at: &schema::AttributeType, values: &[Vec<u8>], v: &[u8]) -> bool {
         match self.schema.normalize(at, v) {
-            Some(n) => values.iter().any(|x| self.schema.normalize(at, x).as_ref() == Some(&n)),
+            Some(n) => values
+                .iter()
+                .any(|x| self.schema.normalize(at, x).as_ref() == Some(&n)),
             None => values.iter().any(|x| x == v),
         }
     }
@@ -420,10 +555,19 @@ impl Directory {
     fn check_rdn_present(&self, dn: &Dn, entry: &StoredEntry) -> Result<(), DirError> {
         let Some(rdn) = dn.rdn() else { return Ok(()) };
         for ava in &rdn.0 {
-            let at = self.schema.attr(&ava.attr).ok_or_else(|| Violation::UndefinedAttribute(ava.attr.clone()))?;
-            let present = entry.get(at.name()).is_some_and(|a| self.has_value(at, &a.values, &ava.value));
+            let at = self
+                .schema
+                .attr(&ava.attr)
+                .ok_or_else(|| Violation::UndefinedAttribute(ava.attr.clone()))?;
+            let present = entry
+                .get(at.name())
+                .is_some_and(|a| self.has_value(at, &a.values, &ava.value));
             if !present {
-                return Err(Violation::Naming(format!("value of naming attribute {} is not in the entry", at.name())).into());
+                return Err(Violation::Naming(format!(
+                    "value of naming attribute {} is not in the entry",
+                    at.name()
+                ))
+                .into());
             }
         }
         Ok(())
@@ -431,7 +575,9 @@ impl Directory {
 
     /// Check an entry against its object classes; returns its structural class.
     fn check_entry(&self, e: &StoredEntry) -> Result<String, DirError> {
-        let oc_attr = e.get("objectClass").ok_or_else(|| Violation::ObjectClass("no objectClass attribute".into()))?;
+        let oc_attr = e
+            .get("objectClass")
+            .ok_or_else(|| Violation::ObjectClass("no objectClass attribute".into()))?;
         let mut classes = Vec::new();
         for v in &oc_attr.values {
             let name = String::from_utf8_lossy(v);
@@ -441,24 +587,41 @@ impl Directory {
                 .ok_or_else(|| Violation::ObjectClass(format!("unknown object class {name:?}")))?;
             classes.push(oc);
         }
-        let structurals: Vec<_> = classes.iter().filter(|c| c.kind == ClassKind::Structural).collect();
+        let structurals: Vec<_> = classes
+            .iter()
+            .filter(|c| c.kind == ClassKind::Structural)
+            .collect();
         let most_specific = structurals
             .iter()
             .find(|c| {
                 let chain = self.schema.class_chain(c);
-                structurals.iter().all(|o| chain.iter().any(|x| x.oid == o.oid))
+                structurals
+                    .iter()
+                    .all(|o| chain.iter().any(|x| x.oid == o.oid))
             })
             .copied();
         let structural = match (structurals.is_empty(), most_specific) {
-            (true, _) => return Err(Violation::ObjectClass("no structural object class provided".into()).into()),
-            (false, None) => return Err(Violation::ObjectClass("invalid structural object class chain".into()).into()),
+            (true, _) => {
+                return Err(
+                    Violation::ObjectClass("no structural object class provided".into()).into(),
+                )
+            }
+            (false, None) => {
+                return Err(
+                    Violation::ObjectClass("invalid structural object class chain".into()).into(),
+                )
+            }
             (false, Some(s)) => s,
         };
-        let extensible = classes.iter().any(|c| c.name().eq_ignore_ascii_case("extensibleObject"));
+        let extensible = classes
+            .iter()
+            .any(|c| c.name().eq_ignore_ascii_case("extensibleObject"));
         let (must, may) = self.schema.allowed(&classes);
         for m in &must {
             if e.get(m).is_none() {
-                return Err(Violation::ObjectClass(format!("object class requires attribute {m}")).into());
+                return Err(
+                    Violation::ObjectClass(format!("object class requires attribute {m}")).into(),
+                );
             }
         }
         for a in &e.attrs {
@@ -466,31 +629,55 @@ impl Directory {
                 return Err(Violation::UndefinedAttribute(a.name.clone()).into());
             };
             if at.single_value && a.values.len() > 1 {
-                return Err(Violation::Constraint(format!("{}: single-valued attribute has several values", at.name())).into());
+                return Err(Violation::Constraint(format!(
+                    "{}: single-valued attribute has several values",
+                    at.name()
+                ))
+                .into());
             }
             if at.is_operational() || extensible {
                 continue;
             }
             let lc = at.name().to_ascii_lowercase();
             if !must.contains(&lc) && !may.contains(&lc) && lc != "objectclass" {
-                return Err(Violation::ObjectClass(format!("attribute {} is not allowed by the entry's object classes", at.name())).into());
+                return Err(Violation::ObjectClass(format!(
+                    "attribute {} is not allowed by the entry's object classes",
+                    at.name()
+                ))
+                .into());
             }
         }
         Ok(structural.name().to_string())
     }
 
-    fn modify(&self, w: &mut WriteBatch, dn_str: &str, changes: &[Change], meta: &WriteMeta) -> Result<(), DirError> {
+    fn modify(
+        &self,
+        w: &mut WriteBatch,
+        dn_str: &str,
+        changes: &[Change],
+        meta: &WriteMeta,
+    ) -> Result<(), DirError> {
         let (dn, key) = self.parse_dn(dn_str)?;
         let Some(id) = w.id_of(&key)? else {
-            return Err(DirError::NoSuchObject { matched: self.matched(w, &dn)? });
+            return Err(DirError::NoSuchObject {
+                matched: self.matched(w, &dn)?,
+            });
         };
-        let old = w.entry(id)?.ok_or(DirError::NoSuchObject { matched: String::new() })?;
+        let old = w.entry(id)?.ok_or(DirError::NoSuchObject {
+            matched: String::new(),
+        })?;
         let mut e = old.clone();
         for ch in changes {
-            let at = self.schema.attr(&ch.attr).ok_or_else(|| Violation::UndefinedAttribute(ch.attr.clone()))?;
+            let at = self
+                .schema
+                .attr(&ch.attr)
+                .ok_or_else(|| Violation::UndefinedAttribute(ch.attr.clone()))?;
             let name = at.name().to_string();
             if at.no_user_modification {
-                return Err(Violation::NoUserModification(format!("{name}: no user modification allowed")).into());
+                return Err(Violation::NoUserModification(format!(
+                    "{name}: no user modification allowed"
+                ))
+                .into());
             }
             for v in &ch.values {
                 if ch.op != ChangeOp::Delete {
@@ -501,7 +688,9 @@ impl Directory {
             match ch.op {
                 ChangeOp::Add => {
                     if ch.values.is_empty() {
-                        return Err(Violation::Constraint(format!("{name}: add needs values")).into());
+                        return Err(
+                            Violation::Constraint(format!("{name}: add needs values")).into()
+                        );
                     }
                     for v in &ch.values {
                         if self.has_value(at, &values, v) {
@@ -540,18 +729,29 @@ impl Directory {
                 }
                 ChangeOp::Increment => {
                     if at.syntax != Syntax::Integer {
-                        return Err(Violation::Constraint(format!("{name}: increment needs an integer attribute")).into());
+                        return Err(Violation::Constraint(format!(
+                            "{name}: increment needs an integer attribute"
+                        ))
+                        .into());
                     }
                     let [delta] = ch.values.as_slice() else {
-                        return Err(Violation::Constraint(format!("{name}: increment takes exactly one value")).into());
+                        return Err(Violation::Constraint(format!(
+                            "{name}: increment takes exactly one value"
+                        ))
+                        .into());
                     };
                     if values.is_empty() {
                         return Err(DirError::NoSuchAttribute(name));
                     }
-                    let delta: i128 = parse_int(delta).ok_or_else(|| Violation::InvalidSyntax(name.clone()))?;
+                    let delta: i128 =
+                        parse_int(delta).ok_or_else(|| Violation::InvalidSyntax(name.clone()))?;
                     for v in values.iter_mut() {
-                        let cur = parse_int(v).ok_or_else(|| Violation::Constraint(format!("{name}: stored value is not an integer")))?;
-                        let next = cur.checked_add(delta).ok_or_else(|| Violation::Constraint(format!("{name}: overflow")))?;
+                        let cur = parse_int(v).ok_or_else(|| {
+                            Violation::Constraint(format!("{name}: stored value is not an integer"))
+                        })?;
+                        let next = cur
+                            .checked_add(delta)
+                            .ok_or_else(|| Violation::Constraint(format!("{name}: overflow")))?;
                         *v = next.to_string().into_bytes();
                     }
                 }
@@ -566,27 +766,51 @@ impl Directory {
         if let Some(rdn) = dn.rdn() {
             for ava in &rdn.0 {
                 if let Some(at) = self.schema.attr(&ava.attr) {
-                    let present = e.get(at.name()).is_some_and(|a| self.has_value(at, &a.values, &ava.value));
+                    let present = e
+                        .get(at.name())
+                        .is_some_and(|a| self.has_value(at, &a.values, &ava.value));
                     if !present {
-                        return Err(DirError::NotAllowedOnRdn(format!("{}: cannot remove the RDN value", at.name())));
+                        return Err(DirError::NotAllowedOnRdn(format!(
+                            "{}: cannot remove the RDN value",
+                            at.name()
+                        )));
                     }
                 }
             }
         }
         let structural = self.check_entry(&e)?;
-        if old.first_str("structuralObjectClass").is_some_and(|s| !s.eq_ignore_ascii_case(&structural)) {
-            return Err(DirError::ObjectClassModsProhibited("the structural object class cannot change".into()));
+        if old
+            .first_str("structuralObjectClass")
+            .is_some_and(|s| !s.eq_ignore_ascii_case(&structural))
+        {
+            return Err(DirError::ObjectClassModsProhibited(
+                "the structural object class cannot change".into(),
+            ));
         }
         e.set("modifiersName", vec![meta.actor.clone().into_bytes()]);
         e.set("modifyTimestamp", vec![meta.time.clone().into_bytes()]);
         self.replace_entry(w, id, &old, &e)
     }
 
-    fn replace_entry(&self, w: &mut WriteBatch, id: u64, old: &StoredEntry, new: &StoredEntry) -> Result<(), DirError> {
+    fn replace_entry(
+        &self,
+        w: &mut WriteBatch,
+        id: u64,
+        old: &StoredEntry,
+        new: &StoredEntry,
+    ) -> Result<(), DirError> {
         let old_keys = self.indexes.keys_of(&self.schema, old);
         let new_keys = self.indexes.keys_of(&self.schema, new);
-        let gone: Vec<_> = old_keys.iter().filter(|k| new_keys.binary_search(k).is_err()).cloned().collect();
-        let added: Vec<_> = new_keys.iter().filter(|k| old_keys.binary_search(k).is_err()).cloned().collect();
+        let gone: Vec<_> = old_keys
+            .iter()
+            .filter(|k| new_keys.binary_search(k).is_err())
+            .cloned()
+            .collect();
+        let added: Vec<_> = new_keys
+            .iter()
+            .filter(|k| old_keys.binary_search(k).is_err())
+            .cloned()
+            .collect();
         w.index_remove(&gone, id)?;
         w.index_insert(&added, id)?;
         if old.key != new.key {
@@ -599,7 +823,9 @@ impl Directory {
     fn delete(&self, w: &mut WriteBatch, dn_str: &str) -> Result<(), DirError> {
         let (dn, key) = self.parse_dn(dn_str)?;
         let Some(id) = w.id_of(&key)? else {
-            return Err(DirError::NoSuchObject { matched: self.matched(w, &dn)? });
+            return Err(DirError::NoSuchObject {
+                matched: self.matched(w, &dn)?,
+            });
         };
         if w.has_children(&key)? {
             return Err(DirError::NotAllowedOnNonLeaf);
@@ -622,23 +848,33 @@ impl Directory {
     ) -> Result<(), DirError> {
         let (dn, key) = self.parse_dn(dn_str)?;
         let Some(id) = w.id_of(&key)? else {
-            return Err(DirError::NoSuchObject { matched: self.matched(w, &dn)? });
+            return Err(DirError::NoSuchObject {
+                matched: self.matched(w, &dn)?,
+            });
         };
         if key == self.suffix_key {
-            return Err(DirError::UnwillingToPerform("the naming context's root cannot be renamed".into()));
+            return Err(DirError::UnwillingToPerform(
+                "the naming context's root cannot be renamed".into(),
+            ));
         }
         let rdn = Rdn::parse(new_rdn).map_err(|e| Violation::InvalidDn(e.to_string()))?;
         let parent = match new_superior {
             Some(s) => {
                 let (p, pkey) = self.parse_dn(s)?;
                 if !self.in_context(&pkey) {
-                    return Err(DirError::UnwillingToPerform("the new superior is not within this naming context".into()));
+                    return Err(DirError::UnwillingToPerform(
+                        "the new superior is not within this naming context".into(),
+                    ));
                 }
                 if w.id_of(&pkey)?.is_none() {
-                    return Err(DirError::NoSuchObject { matched: self.matched(w, &p.child(rdn.clone()))? });
+                    return Err(DirError::NoSuchObject {
+                        matched: self.matched(w, &p.child(rdn.clone()))?,
+                    });
                 }
                 if pkey.starts_with(&key) {
-                    return Err(DirError::UnwillingToPerform("an entry cannot move below itself".into()));
+                    return Err(DirError::UnwillingToPerform(
+                        "an entry cannot move below itself".into(),
+                    ));
                 }
                 p
             }
@@ -649,13 +885,21 @@ impl Directory {
         if new_key != key && w.id_of(&new_key)?.is_some() {
             return Err(DirError::AlreadyExists);
         }
-        let old = w.entry(id)?.ok_or(DirError::NoSuchObject { matched: String::new() })?;
+        let old = w.entry(id)?.ok_or(DirError::NoSuchObject {
+            matched: String::new(),
+        })?;
         let mut e = old.clone();
         // Add the new RDN's values.
         for ava in &rdn.0 {
-            let at = self.schema.attr(&ava.attr).ok_or_else(|| Violation::UndefinedAttribute(ava.attr.clone()))?;
+            let at = self
+                .schema
+                .attr(&ava.attr)
+                .ok_or_else(|| Violation::UndefinedAttribute(ava.attr.clone()))?;
             self.schema.check_syntax(at, &ava.value)?;
-            let mut values = e.get(at.name()).map(|a| a.values.clone()).unwrap_or_default();
+            let mut values = e
+                .get(at.name())
+                .map(|a| a.values.clone())
+                .unwrap_or_default();
             if !self.has_value(at, &values, &ava.value) {
                 values.push(ava.value.clone());
                 e.set(at.name(), values);
@@ -663,11 +907,13 @@ impl Directory {
         }
         if delete_old_rdn {
             for ava in dn.rdn().map(|r| r.0.as_slice()).unwrap_or_default() {
-                let Some(at) = self.schema.attr(&ava.attr) else { continue };
-                let kept_by_new = rdn
-                    .0
-                    .iter()
-                    .any(|n| self.schema.attr(&n.attr).is_some_and(|t| t.oid == at.oid) && self.has_value(at, &[n.value.clone()], &ava.value));
+                let Some(at) = self.schema.attr(&ava.attr) else {
+                    continue;
+                };
+                let kept_by_new = rdn.0.iter().any(|n| {
+                    self.schema.attr(&n.attr).is_some_and(|t| t.oid == at.oid)
+                        && self.has_value(at, &[n.value.clone()], &ava.value)
+                });
                 if kept_by_new {
                     continue;
                 }
@@ -691,7 +937,9 @@ impl Directory {
             if child_id == id {
                 continue;
             }
-            let Some(mut child) = w.entry(child_id)? else { continue };
+            let Some(mut child) = w.entry(child_id)? else {
+                continue;
+            };
             let child_dn = Dn::parse(&child.dn).map_err(|e| Violation::InvalidDn(e.to_string()))?;
             let keep = child_dn.rdns.len().saturating_sub(depth);
             let mut rdns: Vec<Rdn> = child_dn.rdns[..keep].to_vec();
@@ -713,7 +961,11 @@ fn parse_int(v: &[u8]) -> Option<i128> {
 /// as `{SSHA}...`, are kept as given). Called by the node that takes a request, before
 /// the command is built.
 pub fn hash_clear_passwords(attr: &str, values: &mut [Vec<u8>]) {
-    if attr.split(';').next().is_some_and(|a| a.eq_ignore_ascii_case("userPassword") || a == "2.5.4.35") {
+    if attr
+        .split(';')
+        .next()
+        .is_some_and(|a| a.eq_ignore_ascii_case("userPassword") || a == "2.5.4.35")
+    {
         for v in values.iter_mut() {
             if !password::is_hashed(v) {
                 *v = password::hash(v);
@@ -749,7 +1001,9 @@ impl DirView<'_> {
 
     /// The entry with an id, with its virtual attributes filled in.
     pub fn entry(&self, id: u64) -> Result<Option<StoredEntry>, DirError> {
-        let Some(mut e) = self.r.entry(id)? else { return Ok(None) };
+        let Some(mut e) = self.r.entry(id)? else {
+            return Ok(None);
+        };
         self.add_virtual(&mut e)?;
         Ok(Some(e))
     }
@@ -757,7 +1011,14 @@ impl DirView<'_> {
     fn add_virtual(&self, e: &mut StoredEntry) -> Result<(), DirError> {
         let subs = self.r.has_children(&e.key)?;
         e.set("entryDN", vec![e.dn.clone().into_bytes()]);
-        e.set("hasSubordinates", vec![if subs { b"TRUE".to_vec() } else { b"FALSE".to_vec() }]);
+        e.set(
+            "hasSubordinates",
+            vec![if subs {
+                b"TRUE".to_vec()
+            } else {
+                b"FALSE".to_vec()
+            }],
+        );
         e.set("subschemaSubentry", vec![SUBSCHEMA_DN.as_bytes().to_vec()]);
         Ok(())
     }
@@ -770,25 +1031,42 @@ impl DirView<'_> {
     /// Search: calls `each` with every matching entry (virtual attributes filled in), in
     /// DN order, until it returns false. The size limit is reported as
     /// [`DirError::SizeLimit`] after that many entries were delivered.
-    pub fn search(&self, req: &SearchRequest<'_>, mut each: impl FnMut(u64, StoredEntry) -> bool) -> Result<SearchEnd, DirError> {
+    pub fn search(
+        &self,
+        req: &SearchRequest<'_>,
+        mut each: impl FnMut(u64, StoredEntry) -> bool,
+    ) -> Result<SearchEnd, DirError> {
         let base = Dn::parse(req.base).map_err(|e| Violation::InvalidDn(e.to_string()))?;
         let base_key = self.dir.schema.dn_key(&base)?;
         let Some(base_id) = self.r.id_of(&base_key)? else {
-            return Err(DirError::NoSuchObject { matched: self.matched(&base)? });
+            return Err(DirError::NoSuchObject {
+                matched: self.matched(&base)?,
+            });
         };
         let base_depth = base_key.matches('\0').count();
         let in_scope = |key: &str| -> bool {
             match req.scope {
                 Scope::Base => key == base_key,
-                Scope::One => key.starts_with(&base_key) && key.matches('\0').count() == base_depth + 1,
+                Scope::One => {
+                    key.starts_with(&base_key) && key.matches('\0').count() == base_depth + 1
+                }
                 Scope::Subtree => key.starts_with(&base_key),
             }
         };
         let schema = &self.dir.schema;
-        let ids: Vec<u64> = match (req.scope, self.dir.indexes.candidates(schema, &self.r, req.filter)?) {
+        let ids: Vec<u64> = match (
+            req.scope,
+            self.dir.indexes.candidates(schema, &self.r, req.filter)?,
+        ) {
             (Scope::Base, _) => vec![base_id],
             (_, Some(cands)) => cands,
-            (_, None) => self.r.scan_prefix(&base_key)?.into_iter().filter(|(k, _)| in_scope(k)).map(|(_, id)| id).collect(),
+            (_, None) => self
+                .r
+                .scan_prefix(&base_key)?
+                .into_iter()
+                .filter(|(k, _)| in_scope(k))
+                .map(|(_, id)| id)
+                .collect(),
         };
         let mut delivered = 0usize;
         let mut ordered: Vec<(String, u64, StoredEntry)> = Vec::new();
@@ -797,12 +1075,27 @@ impl DirView<'_> {
             if n % 256 == 0 && req.deadline.is_some_and(|d| Instant::now() >= d) {
                 return Err(DirError::TimeLimit);
             }
-            let Some(mut e) = self.r.entry(id)? else { continue };
+            let Some(mut e) = self.r.entry(id)? else {
+                continue;
+            };
             if !in_scope(&e.key) {
                 continue;
             }
             self.add_virtual(&mut e)?;
-            if !eval::matches(schema, req.filter, &e) {
+            let visible = if !req.hidden.is_empty()
+                && e.key != req.viewer_key
+                && e.attrs
+                    .iter()
+                    .any(|a| req.hidden.iter().any(|h| h.eq_ignore_ascii_case(&a.name)))
+            {
+                let mut copy = e.clone();
+                copy.attrs
+                    .retain(|a| !req.hidden.iter().any(|h| h.eq_ignore_ascii_case(&a.name)));
+                eval::matches(schema, req.filter, &copy)
+            } else {
+                eval::matches(schema, req.filter, &e)
+            };
+            if !visible {
                 continue;
             }
             if indexed {

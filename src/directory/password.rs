@@ -21,10 +21,17 @@ pub const ARGON2_P_COST: u32 = 1;
 /// True when a stored value already names a scheme (`{XYZ}...`), so it must not be
 /// hashed again.
 pub fn is_hashed(stored: &[u8]) -> bool {
-    let Some(rest) = stored.strip_prefix(b"{") else { return false };
-    let Some(end) = rest.iter().position(|&c| c == b'}') else { return false };
+    let Some(rest) = stored.strip_prefix(b"{") else {
+        return false;
+    };
+    let Some(end) = rest.iter().position(|&c| c == b'}') else {
+        return false;
+    };
     let scheme = &rest[..end];
-    !scheme.is_empty() && scheme.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'-' || *c == b'.')
+    !scheme.is_empty()
+        && scheme
+            .iter()
+            .all(|c| c.is_ascii_alphanumeric() || *c == b'-' || *c == b'.')
 }
 
 /// Hash a clear-text password with a fresh random salt.
@@ -36,10 +43,13 @@ pub fn hash(clear: &[u8]) -> Vec<u8> {
 
 /// Hash with a given salt (deterministic; used by tests and by [`hash`]).
 pub fn hash_with_salt(clear: &[u8], salt: &[u8]) -> Vec<u8> {
-    let params = Params::new(ARGON2_M_COST, ARGON2_T_COST, ARGON2_P_COST, Some(32)).expect("valid argon2 parameters");
+    let params = Params::new(ARGON2_M_COST, ARGON2_T_COST, ARGON2_P_COST, Some(32))
+        .expect("valid argon2 parameters");
     let argon = Argon2::new(Algorithm::Argon2id, Version::V0x13, params);
     let mut out = [0u8; 32];
-    argon.hash_password_into(clear, salt, &mut out).expect("argon2 with a 16-byte salt");
+    argon
+        .hash_password_into(clear, salt, &mut out)
+        .expect("argon2 with a 16-byte salt");
     format!(
         "{{ARGON2}}$argon2id$v=19$m={ARGON2_M_COST},t={ARGON2_T_COST},p={ARGON2_P_COST}${}${}",
         STANDARD_NO_PAD.encode(salt),
@@ -51,12 +61,16 @@ pub fn hash_with_salt(clear: &[u8], salt: &[u8]) -> Vec<u8> {
 /// Check a clear-text password against a stored `userPassword` value. Unknown schemes
 /// never verify.
 pub fn verify(clear: &[u8], stored: &[u8]) -> bool {
-    let Ok(s) = std::str::from_utf8(stored) else { return false };
+    let Ok(s) = std::str::from_utf8(stored) else {
+        return false;
+    };
     if let Some(phc) = strip_scheme(s, "ARGON2") {
         return verify_argon2(clear, phc);
     }
     if let Some(b64) = strip_scheme(s, "SSHA") {
-        let Ok(raw) = STANDARD.decode(b64.trim()) else { return false };
+        let Ok(raw) = STANDARD.decode(b64.trim()) else {
+            return false;
+        };
         if raw.len() <= 20 {
             return false;
         }
@@ -67,7 +81,9 @@ pub fn verify(clear: &[u8], stored: &[u8]) -> bool {
         return constant_time_eq(&h.finalize(), digest);
     }
     if let Some(b64) = strip_scheme(s, "SHA") {
-        let Ok(raw) = STANDARD.decode(b64.trim()) else { return false };
+        let Ok(raw) = STANDARD.decode(b64.trim()) else {
+            return false;
+        };
         return constant_time_eq(&Sha1::digest(clear), &raw);
     }
     if let Some(clear_stored) = strip_scheme(s, "CLEARTEXT") {
@@ -117,13 +133,20 @@ fn verify_argon2(clear: &[u8], phc: &str) -> bool {
     if m > 4 * 1024 * 1024 || t > 64 || p > 64 {
         return false;
     }
-    let (Ok(salt), Ok(expected)) = (decode_b64_lenient(salt), decode_b64_lenient(hash)) else { return false };
+    let (Ok(salt), Ok(expected)) = (decode_b64_lenient(salt), decode_b64_lenient(hash)) else {
+        return false;
+    };
     if expected.len() < 4 || expected.len() > 1024 {
         return false;
     }
-    let Ok(params) = Params::new(m, t, p, Some(expected.len())) else { return false };
+    let Ok(params) = Params::new(m, t, p, Some(expected.len())) else {
+        return false;
+    };
     let mut out = vec![0u8; expected.len()];
-    if Argon2::new(algorithm, version, params).hash_password_into(clear, &salt, &mut out).is_err() {
+    if Argon2::new(algorithm, version, params)
+        .hash_password_into(clear, &salt, &mut out)
+        .is_err()
+    {
         return false;
     }
     constant_time_eq(&out, &expected)
@@ -145,7 +168,9 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 pub fn generate() -> String {
     const ALPHABET: &[u8] = b"abcdefghijkmnopqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789";
     let mut rng = rand::rng();
-    (0..16).map(|_| ALPHABET[(rng.next_u32() as usize) % ALPHABET.len()] as char).collect()
+    (0..16)
+        .map(|_| ALPHABET[(rng.next_u32() as usize) % ALPHABET.len()] as char)
+        .collect()
 }
 
 #[cfg(test)]
@@ -165,10 +190,17 @@ mod tests {
         // argon2id, password "password", salt "somesalt", m=64, t=2, p=1 (reference CLI output).
         let stored = b"{ARGON2}$argon2id$v=19$m=64,t=2,p=1$c29tZXNhbHQ$+6qpn0Sx+Ta+8pz5s0cH0QSJi1pgu/fGUVOCL8NjTlk";
         let mut out = [0u8; 32];
-        Argon2::new(Algorithm::Argon2id, Version::V0x13, Params::new(64, 2, 1, Some(32)).unwrap())
-            .hash_password_into(b"password", b"somesalt", &mut out)
-            .unwrap();
-        let ours = format!("{{ARGON2}}$argon2id$v=19$m=64,t=2,p=1$c29tZXNhbHQ${}", STANDARD_NO_PAD.encode(out));
+        Argon2::new(
+            Algorithm::Argon2id,
+            Version::V0x13,
+            Params::new(64, 2, 1, Some(32)).unwrap(),
+        )
+        .hash_password_into(b"password", b"somesalt", &mut out)
+        .unwrap();
+        let ours = format!(
+            "{{ARGON2}}$argon2id$v=19$m=64,t=2,p=1$c29tZXNhbHQ${}",
+            STANDARD_NO_PAD.encode(out)
+        );
         assert!(verify(b"password", ours.as_bytes()));
         assert_eq!(verify(b"password", stored), ours.as_bytes() == stored);
     }

@@ -52,45 +52,173 @@ pub enum Syntax {
 
 /// The syntaxes published in `cn=Subschema`: (OID, description, the checker used).
 pub const SYNTAXES: &[(&str, &str, Syntax)] = &[
-    ("1.3.6.1.4.1.1466.115.121.1.3", "Attribute Type Description", Syntax::Other),
-    ("1.3.6.1.4.1.1466.115.121.1.5", "Binary", Syntax::OctetString),
-    ("1.3.6.1.4.1.1466.115.121.1.6", "Bit String", Syntax::BitString),
+    (
+        "1.3.6.1.4.1.1466.115.121.1.3",
+        "Attribute Type Description",
+        Syntax::Other,
+    ),
+    (
+        "1.3.6.1.4.1.1466.115.121.1.5",
+        "Binary",
+        Syntax::OctetString,
+    ),
+    (
+        "1.3.6.1.4.1.1466.115.121.1.6",
+        "Bit String",
+        Syntax::BitString,
+    ),
     ("1.3.6.1.4.1.1466.115.121.1.7", "Boolean", Syntax::Boolean),
-    ("1.3.6.1.4.1.1466.115.121.1.8", "Certificate", Syntax::OctetString),
-    ("1.3.6.1.4.1.1466.115.121.1.9", "Certificate List", Syntax::OctetString),
-    ("1.3.6.1.4.1.1466.115.121.1.10", "Certificate Pair", Syntax::OctetString),
-    ("1.3.6.1.4.1.1466.115.121.1.11", "Country String", Syntax::CountryString),
+    (
+        "1.3.6.1.4.1.1466.115.121.1.8",
+        "Certificate",
+        Syntax::OctetString,
+    ),
+    (
+        "1.3.6.1.4.1.1466.115.121.1.9",
+        "Certificate List",
+        Syntax::OctetString,
+    ),
+    (
+        "1.3.6.1.4.1.1466.115.121.1.10",
+        "Certificate Pair",
+        Syntax::OctetString,
+    ),
+    (
+        "1.3.6.1.4.1.1466.115.121.1.11",
+        "Country String",
+        Syntax::CountryString,
+    ),
     ("1.3.6.1.4.1.1466.115.121.1.12", "DN", Syntax::Dn),
-    ("1.3.6.1.4.1.1466.115.121.1.14", "Delivery Method", Syntax::Other),
-    ("1.3.6.1.4.1.1466.115.121.1.15", "Directory String", Syntax::DirectoryString),
-    ("1.3.6.1.4.1.1466.115.121.1.16", "DIT Content Rule Description", Syntax::Other),
-    ("1.3.6.1.4.1.1466.115.121.1.17", "DIT Structure Rule Description", Syntax::Other),
-    ("1.3.6.1.4.1.1466.115.121.1.21", "Enhanced Guide", Syntax::Other),
-    ("1.3.6.1.4.1.1466.115.121.1.22", "Facsimile Telephone Number", Syntax::Other),
+    (
+        "1.3.6.1.4.1.1466.115.121.1.14",
+        "Delivery Method",
+        Syntax::Other,
+    ),
+    (
+        "1.3.6.1.4.1.1466.115.121.1.15",
+        "Directory String",
+        Syntax::DirectoryString,
+    ),
+    (
+        "1.3.6.1.4.1.1466.115.121.1.16",
+        "DIT Content Rule Description",
+        Syntax::Other,
+    ),
+    (
+        "1.3.6.1.4.1.1466.115.121.1.17",
+        "DIT Structure Rule Description",
+        Syntax::Other,
+    ),
+    (
+        "1.3.6.1.4.1.1466.115.121.1.21",
+        "Enhanced Guide",
+        Syntax::Other,
+    ),
+    (
+        "1.3.6.1.4.1.1466.115.121.1.22",
+        "Facsimile Telephone Number",
+        Syntax::Other,
+    ),
     ("1.3.6.1.4.1.1466.115.121.1.23", "Fax", Syntax::OctetString),
-    ("1.3.6.1.4.1.1466.115.121.1.24", "Generalized Time", Syntax::GeneralizedTime),
+    (
+        "1.3.6.1.4.1.1466.115.121.1.24",
+        "Generalized Time",
+        Syntax::GeneralizedTime,
+    ),
     ("1.3.6.1.4.1.1466.115.121.1.25", "Guide", Syntax::Other),
-    ("1.3.6.1.4.1.1466.115.121.1.26", "IA5 String", Syntax::Ia5String),
+    (
+        "1.3.6.1.4.1.1466.115.121.1.26",
+        "IA5 String",
+        Syntax::Ia5String,
+    ),
     ("1.3.6.1.4.1.1466.115.121.1.27", "INTEGER", Syntax::Integer),
     ("1.3.6.1.4.1.1466.115.121.1.28", "JPEG", Syntax::OctetString),
-    ("1.3.6.1.4.1.1466.115.121.1.30", "Matching Rule Description", Syntax::Other),
-    ("1.3.6.1.4.1.1466.115.121.1.31", "Matching Rule Use Description", Syntax::Other),
-    ("1.3.6.1.4.1.1466.115.121.1.34", "Name And Optional UID", Syntax::NameAndOptionalUid),
-    ("1.3.6.1.4.1.1466.115.121.1.35", "Name Form Description", Syntax::Other),
-    ("1.3.6.1.4.1.1466.115.121.1.36", "Numeric String", Syntax::NumericString),
-    ("1.3.6.1.4.1.1466.115.121.1.37", "Object Class Description", Syntax::Other),
+    (
+        "1.3.6.1.4.1.1466.115.121.1.30",
+        "Matching Rule Description",
+        Syntax::Other,
+    ),
+    (
+        "1.3.6.1.4.1.1466.115.121.1.31",
+        "Matching Rule Use Description",
+        Syntax::Other,
+    ),
+    (
+        "1.3.6.1.4.1.1466.115.121.1.34",
+        "Name And Optional UID",
+        Syntax::NameAndOptionalUid,
+    ),
+    (
+        "1.3.6.1.4.1.1466.115.121.1.35",
+        "Name Form Description",
+        Syntax::Other,
+    ),
+    (
+        "1.3.6.1.4.1.1466.115.121.1.36",
+        "Numeric String",
+        Syntax::NumericString,
+    ),
+    (
+        "1.3.6.1.4.1.1466.115.121.1.37",
+        "Object Class Description",
+        Syntax::Other,
+    ),
     ("1.3.6.1.4.1.1466.115.121.1.38", "OID", Syntax::Oid),
-    ("1.3.6.1.4.1.1466.115.121.1.39", "Other Mailbox", Syntax::Other),
-    ("1.3.6.1.4.1.1466.115.121.1.40", "Octet String", Syntax::OctetString),
-    ("1.3.6.1.4.1.1466.115.121.1.41", "Postal Address", Syntax::DirectoryString),
-    ("1.3.6.1.4.1.1466.115.121.1.43", "Presentation Address", Syntax::Other),
-    ("1.3.6.1.4.1.1466.115.121.1.44", "Printable String", Syntax::PrintableString),
-    ("1.3.6.1.4.1.1466.115.121.1.49", "Supported Algorithm", Syntax::OctetString),
-    ("1.3.6.1.4.1.1466.115.121.1.50", "Telephone Number", Syntax::TelephoneNumber),
-    ("1.3.6.1.4.1.1466.115.121.1.51", "Teletex Terminal Identifier", Syntax::Other),
-    ("1.3.6.1.4.1.1466.115.121.1.52", "Telex Number", Syntax::Other),
-    ("1.3.6.1.4.1.1466.115.121.1.54", "LDAP Syntax Description", Syntax::Other),
-    ("1.3.6.1.4.1.1466.115.121.1.58", "Substring Assertion", Syntax::Other),
+    (
+        "1.3.6.1.4.1.1466.115.121.1.39",
+        "Other Mailbox",
+        Syntax::Other,
+    ),
+    (
+        "1.3.6.1.4.1.1466.115.121.1.40",
+        "Octet String",
+        Syntax::OctetString,
+    ),
+    (
+        "1.3.6.1.4.1.1466.115.121.1.41",
+        "Postal Address",
+        Syntax::DirectoryString,
+    ),
+    (
+        "1.3.6.1.4.1.1466.115.121.1.43",
+        "Presentation Address",
+        Syntax::Other,
+    ),
+    (
+        "1.3.6.1.4.1.1466.115.121.1.44",
+        "Printable String",
+        Syntax::PrintableString,
+    ),
+    (
+        "1.3.6.1.4.1.1466.115.121.1.49",
+        "Supported Algorithm",
+        Syntax::OctetString,
+    ),
+    (
+        "1.3.6.1.4.1.1466.115.121.1.50",
+        "Telephone Number",
+        Syntax::TelephoneNumber,
+    ),
+    (
+        "1.3.6.1.4.1.1466.115.121.1.51",
+        "Teletex Terminal Identifier",
+        Syntax::Other,
+    ),
+    (
+        "1.3.6.1.4.1.1466.115.121.1.52",
+        "Telex Number",
+        Syntax::Other,
+    ),
+    (
+        "1.3.6.1.4.1.1466.115.121.1.54",
+        "LDAP Syntax Description",
+        Syntax::Other,
+    ),
+    (
+        "1.3.6.1.4.1.1466.115.121.1.58",
+        "Substring Assertion",
+        Syntax::Other,
+    ),
     ("1.3.6.1.1.16.1", "UUID", Syntax::Uuid),
 ];
 
@@ -123,39 +251,237 @@ pub enum Rule {
 
 /// The matching rules published in `cn=Subschema`: (OID, name, syntax OID, rule, kind).
 pub const MATCHING_RULES: &[(&str, &str, &str, Rule, RuleKind)] = &[
-    ("2.5.13.0", "objectIdentifierMatch", "1.3.6.1.4.1.1466.115.121.1.38", Rule::ObjectIdentifier, RuleKind::Equality),
-    ("2.5.13.1", "distinguishedNameMatch", "1.3.6.1.4.1.1466.115.121.1.12", Rule::DistinguishedName, RuleKind::Equality),
-    ("2.5.13.2", "caseIgnoreMatch", "1.3.6.1.4.1.1466.115.121.1.15", Rule::CaseIgnore, RuleKind::Equality),
-    ("2.5.13.3", "caseIgnoreOrderingMatch", "1.3.6.1.4.1.1466.115.121.1.15", Rule::CaseIgnore, RuleKind::Ordering),
-    ("2.5.13.4", "caseIgnoreSubstringsMatch", "1.3.6.1.4.1.1466.115.121.1.58", Rule::CaseIgnore, RuleKind::Substring),
-    ("2.5.13.5", "caseExactMatch", "1.3.6.1.4.1.1466.115.121.1.15", Rule::CaseExact, RuleKind::Equality),
-    ("2.5.13.6", "caseExactOrderingMatch", "1.3.6.1.4.1.1466.115.121.1.15", Rule::CaseExact, RuleKind::Ordering),
-    ("2.5.13.7", "caseExactSubstringsMatch", "1.3.6.1.4.1.1466.115.121.1.58", Rule::CaseExact, RuleKind::Substring),
-    ("2.5.13.8", "numericStringMatch", "1.3.6.1.4.1.1466.115.121.1.36", Rule::Numeric, RuleKind::Equality),
-    ("2.5.13.9", "numericStringOrderingMatch", "1.3.6.1.4.1.1466.115.121.1.36", Rule::Numeric, RuleKind::Ordering),
-    ("2.5.13.10", "numericStringSubstringsMatch", "1.3.6.1.4.1.1466.115.121.1.58", Rule::Numeric, RuleKind::Substring),
-    ("2.5.13.11", "caseIgnoreListMatch", "1.3.6.1.4.1.1466.115.121.1.41", Rule::CaseIgnore, RuleKind::Equality),
-    ("2.5.13.12", "caseIgnoreListSubstringsMatch", "1.3.6.1.4.1.1466.115.121.1.58", Rule::CaseIgnore, RuleKind::Substring),
-    ("2.5.13.13", "booleanMatch", "1.3.6.1.4.1.1466.115.121.1.7", Rule::Boolean, RuleKind::Equality),
-    ("2.5.13.14", "integerMatch", "1.3.6.1.4.1.1466.115.121.1.27", Rule::Integer, RuleKind::Equality),
-    ("2.5.13.15", "integerOrderingMatch", "1.3.6.1.4.1.1466.115.121.1.27", Rule::Integer, RuleKind::Ordering),
-    ("2.5.13.16", "bitStringMatch", "1.3.6.1.4.1.1466.115.121.1.6", Rule::OctetString, RuleKind::Equality),
-    ("2.5.13.17", "octetStringMatch", "1.3.6.1.4.1.1466.115.121.1.40", Rule::OctetString, RuleKind::Equality),
-    ("2.5.13.18", "octetStringOrderingMatch", "1.3.6.1.4.1.1466.115.121.1.40", Rule::OctetString, RuleKind::Ordering),
-    ("2.5.13.20", "telephoneNumberMatch", "1.3.6.1.4.1.1466.115.121.1.50", Rule::Telephone, RuleKind::Equality),
-    ("2.5.13.21", "telephoneNumberSubstringsMatch", "1.3.6.1.4.1.1466.115.121.1.58", Rule::Telephone, RuleKind::Substring),
-    ("2.5.13.22", "presentationAddressMatch", "1.3.6.1.4.1.1466.115.121.1.43", Rule::CaseIgnore, RuleKind::Equality),
-    ("2.5.13.23", "uniqueMemberMatch", "1.3.6.1.4.1.1466.115.121.1.34", Rule::DistinguishedName, RuleKind::Equality),
-    ("2.5.13.24", "protocolInformationMatch", "1.3.6.1.4.1.1466.115.121.1.42", Rule::CaseIgnore, RuleKind::Equality),
-    ("2.5.13.27", "generalizedTimeMatch", "1.3.6.1.4.1.1466.115.121.1.24", Rule::GeneralizedTime, RuleKind::Equality),
-    ("2.5.13.28", "generalizedTimeOrderingMatch", "1.3.6.1.4.1.1466.115.121.1.24", Rule::GeneralizedTime, RuleKind::Ordering),
-    ("2.5.13.30", "objectIdentifierFirstComponentMatch", "1.3.6.1.4.1.1466.115.121.1.38", Rule::ObjectIdentifier, RuleKind::Equality),
-    ("1.3.6.1.4.1.1466.109.114.1", "caseExactIA5Match", "1.3.6.1.4.1.1466.115.121.1.26", Rule::CaseExact, RuleKind::Equality),
-    ("1.3.6.1.4.1.1466.109.114.2", "caseIgnoreIA5Match", "1.3.6.1.4.1.1466.115.121.1.26", Rule::CaseIgnore, RuleKind::Equality),
-    ("1.3.6.1.4.1.1466.109.114.3", "caseIgnoreIA5SubstringsMatch", "1.3.6.1.4.1.1466.115.121.1.58", Rule::CaseIgnore, RuleKind::Substring),
-    ("1.3.6.1.4.1.4203.1.2.1", "caseExactIA5SubstringsMatch", "1.3.6.1.4.1.1466.115.121.1.58", Rule::CaseExact, RuleKind::Substring),
-    ("1.3.6.1.1.16.2", "uuidMatch", "1.3.6.1.1.16.1", Rule::Uuid, RuleKind::Equality),
-    ("1.3.6.1.1.16.3", "uuidOrderingMatch", "1.3.6.1.1.16.1", Rule::Uuid, RuleKind::Ordering),
+    (
+        "2.5.13.0",
+        "objectIdentifierMatch",
+        "1.3.6.1.4.1.1466.115.121.1.38",
+        Rule::ObjectIdentifier,
+        RuleKind::Equality,
+    ),
+    (
+        "2.5.13.1",
+        "distinguishedNameMatch",
+        "1.3.6.1.4.1.1466.115.121.1.12",
+        Rule::DistinguishedName,
+        RuleKind::Equality,
+    ),
+    (
+        "2.5.13.2",
+        "caseIgnoreMatch",
+        "1.3.6.1.4.1.1466.115.121.1.15",
+        Rule::CaseIgnore,
+        RuleKind::Equality,
+    ),
+    (
+        "2.5.13.3",
+        "caseIgnoreOrderingMatch",
+        "1.3.6.1.4.1.1466.115.121.1.15",
+        Rule::CaseIgnore,
+        RuleKind::Ordering,
+    ),
+    (
+        "2.5.13.4",
+        "caseIgnoreSubstringsMatch",
+        "1.3.6.1.4.1.1466.115.121.1.58",
+        Rule::CaseIgnore,
+        RuleKind::Substring,
+    ),
+    (
+        "2.5.13.5",
+        "caseExactMatch",
+        "1.3.6.1.4.1.1466.115.121.1.15",
+        Rule::CaseExact,
+        RuleKind::Equality,
+    ),
+    (
+        "2.5.13.6",
+        "caseExactOrderingMatch",
+        "1.3.6.1.4.1.1466.115.121.1.15",
+        Rule::CaseExact,
+        RuleKind::Ordering,
+    ),
+    (
+        "2.5.13.7",
+        "caseExactSubstringsMatch",
+        "1.3.6.1.4.1.1466.115.121.1.58",
+        Rule::CaseExact,
+        RuleKind::Substring,
+    ),
+    (
+        "2.5.13.8",
+        "numericStringMatch",
+        "1.3.6.1.4.1.1466.115.121.1.36",
+        Rule::Numeric,
+        RuleKind::Equality,
+    ),
+    (
+        "2.5.13.9",
+        "numericStringOrderingMatch",
+        "1.3.6.1.4.1.1466.115.121.1.36",
+        Rule::Numeric,
+        RuleKind::Ordering,
+    ),
+    (
+        "2.5.13.10",
+        "numericStringSubstringsMatch",
+        "1.3.6.1.4.1.1466.115.121.1.58",
+        Rule::Numeric,
+        RuleKind::Substring,
+    ),
+    (
+        "2.5.13.11",
+        "caseIgnoreListMatch",
+        "1.3.6.1.4.1.1466.115.121.1.41",
+        Rule::CaseIgnore,
+        RuleKind::Equality,
+    ),
+    (
+        "2.5.13.12",
+        "caseIgnoreListSubstringsMatch",
+        "1.3.6.1.4.1.1466.115.121.1.58",
+        Rule::CaseIgnore,
+        RuleKind::Substring,
+    ),
+    (
+        "2.5.13.13",
+        "booleanMatch",
+        "1.3.6.1.4.1.1466.115.121.1.7",
+        Rule::Boolean,
+        RuleKind::Equality,
+    ),
+    (
+        "2.5.13.14",
+        "integerMatch",
+        "1.3.6.1.4.1.1466.115.121.1.27",
+        Rule::Integer,
+        RuleKind::Equality,
+    ),
+    (
+        "2.5.13.15",
+        "integerOrderingMatch",
+        "1.3.6.1.4.1.1466.115.121.1.27",
+        Rule::Integer,
+        RuleKind::Ordering,
+    ),
+    (
+        "2.5.13.16",
+        "bitStringMatch",
+        "1.3.6.1.4.1.1466.115.121.1.6",
+        Rule::OctetString,
+        RuleKind::Equality,
+    ),
+    (
+        "2.5.13.17",
+        "octetStringMatch",
+        "1.3.6.1.4.1.1466.115.121.1.40",
+        Rule::OctetString,
+        RuleKind::Equality,
+    ),
+    (
+        "2.5.13.18",
+        "octetStringOrderingMatch",
+        "1.3.6.1.4.1.1466.115.121.1.40",
+        Rule::OctetString,
+        RuleKind::Ordering,
+    ),
+    (
+        "2.5.13.20",
+        "telephoneNumberMatch",
+        "1.3.6.1.4.1.1466.115.121.1.50",
+        Rule::Telephone,
+        RuleKind::Equality,
+    ),
+    (
+        "2.5.13.21",
+        "telephoneNumberSubstringsMatch",
+        "1.3.6.1.4.1.1466.115.121.1.58",
+        Rule::Telephone,
+        RuleKind::Substring,
+    ),
+    (
+        "2.5.13.22",
+        "presentationAddressMatch",
+        "1.3.6.1.4.1.1466.115.121.1.43",
+        Rule::CaseIgnore,
+        RuleKind::Equality,
+    ),
+    (
+        "2.5.13.23",
+        "uniqueMemberMatch",
+        "1.3.6.1.4.1.1466.115.121.1.34",
+        Rule::DistinguishedName,
+        RuleKind::Equality,
+    ),
+    (
+        "2.5.13.24",
+        "protocolInformationMatch",
+        "1.3.6.1.4.1.1466.115.121.1.42",
+        Rule::CaseIgnore,
+        RuleKind::Equality,
+    ),
+    (
+        "2.5.13.27",
+        "generalizedTimeMatch",
+        "1.3.6.1.4.1.1466.115.121.1.24",
+        Rule::GeneralizedTime,
+        RuleKind::Equality,
+    ),
+    (
+        "2.5.13.28",
+        "generalizedTimeOrderingMatch",
+        "1.3.6.1.4.1.1466.115.121.1.24",
+        Rule::GeneralizedTime,
+        RuleKind::Ordering,
+    ),
+    (
+        "2.5.13.30",
+        "objectIdentifierFirstComponentMatch",
+        "1.3.6.1.4.1.1466.115.121.1.38",
+        Rule::ObjectIdentifier,
+        RuleKind::Equality,
+    ),
+    (
+        "1.3.6.1.4.1.1466.109.114.1",
+        "caseExactIA5Match",
+        "1.3.6.1.4.1.1466.115.121.1.26",
+        Rule::CaseExact,
+        RuleKind::Equality,
+    ),
+    (
+        "1.3.6.1.4.1.1466.109.114.2",
+        "caseIgnoreIA5Match",
+        "1.3.6.1.4.1.1466.115.121.1.26",
+        Rule::CaseIgnore,
+        RuleKind::Equality,
+    ),
+    (
+        "1.3.6.1.4.1.1466.109.114.3",
+        "caseIgnoreIA5SubstringsMatch",
+        "1.3.6.1.4.1.1466.115.121.1.58",
+        Rule::CaseIgnore,
+        RuleKind::Substring,
+    ),
+    (
+        "1.3.6.1.4.1.4203.1.2.1",
+        "caseExactIA5SubstringsMatch",
+        "1.3.6.1.4.1.1466.115.121.1.58",
+        Rule::CaseExact,
+        RuleKind::Substring,
+    ),
+    (
+        "1.3.6.1.1.16.2",
+        "uuidMatch",
+        "1.3.6.1.1.16.1",
+        Rule::Uuid,
+        RuleKind::Equality,
+    ),
+    (
+        "1.3.6.1.1.16.3",
+        "uuidOrderingMatch",
+        "1.3.6.1.1.16.1",
+        Rule::Uuid,
+        RuleKind::Ordering,
+    ),
 ];
 
 /// What a matching rule decides.
@@ -222,7 +548,11 @@ impl AttributeType {
 
     /// The names of the equality, ordering and substring rules (own or inherited).
     pub fn rule_names(&self) -> [Option<&str>; 3] {
-        [self.equality_name.as_deref(), self.ordering_name.as_deref(), self.substr_name.as_deref()]
+        [
+            self.equality_name.as_deref(),
+            self.ordering_name.as_deref(),
+            self.substr_name.as_deref(),
+        ]
     }
 
     /// True for operational attributes (returned only when asked for, or with `+`).
@@ -326,15 +656,20 @@ impl Schema {
     /// Load every `*.schema` file of a directory, in name order, and resolve them.
     pub fn load_dir(dir: &Path) -> Result<Schema, SchemaError> {
         let mut paths: Vec<_> = std::fs::read_dir(dir)
-            .map_err(|source| SchemaError::Io { path: dir.display().to_string(), source })?
+            .map_err(|source| SchemaError::Io {
+                path: dir.display().to_string(),
+                source,
+            })?
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| p.extension().is_some_and(|e| e == "schema"))
             .collect();
         paths.sort();
         let mut texts = Vec::new();
         for p in paths {
-            let text = std::fs::read_to_string(&p)
-                .map_err(|source| SchemaError::Io { path: p.display().to_string(), source })?;
+            let text = std::fs::read_to_string(&p).map_err(|source| SchemaError::Io {
+                path: p.display().to_string(),
+                source,
+            })?;
             texts.push((p.display().to_string(), text));
         }
         Schema::from_texts(texts.iter().map(|(n, t)| (n.as_str(), t.as_str())))
@@ -342,19 +677,26 @@ impl Schema {
 
     /// The schema shipped with PigeonAir, compiled into the binary.
     pub fn builtin() -> Schema {
-        Schema::from_texts(BUILTIN_SCHEMA.iter().copied()).expect("the built-in schema files resolve")
+        Schema::from_texts(BUILTIN_SCHEMA.iter().copied())
+            .expect("the built-in schema files resolve")
     }
 
     /// Parse and resolve schema texts given as (file name, content).
-    pub fn from_texts<'a>(texts: impl IntoIterator<Item = (&'a str, &'a str)>) -> Result<Schema, SchemaError> {
+    pub fn from_texts<'a>(
+        texts: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Result<Schema, SchemaError> {
         let mut schema = Schema::default();
         for (file, text) in texts {
             for (line, def) in split_definitions(text) {
                 let ctx = |e: String| SchemaError::Definition(format!("{file}:{line}: {e}"));
                 let (keyword, body) = def.split_once(char::is_whitespace).unwrap_or((&def, ""));
                 match keyword.to_ascii_lowercase().as_str() {
-                    "attributetype" | "attributetypes" => schema.add_attr(parse_attr(body.trim()).map_err(ctx)?).map_err(ctx)?,
-                    "objectclass" | "objectclasses" => schema.add_class(parse_class(body.trim()).map_err(ctx)?).map_err(ctx)?,
+                    "attributetype" | "attributetypes" => schema
+                        .add_attr(parse_attr(body.trim()).map_err(ctx)?)
+                        .map_err(ctx)?,
+                    "objectclass" | "objectclasses" => schema
+                        .add_class(parse_class(body.trim()).map_err(ctx)?)
+                        .map_err(ctx)?,
                     other => return Err(ctx(format!("unknown keyword {other:?}"))),
                 }
             }
@@ -365,7 +707,12 @@ impl Schema {
 
     fn add_attr(&mut self, at: AttributeType) -> Result<(), String> {
         let idx = self.attrs.len();
-        for key in at.names.iter().map(|n| n.to_ascii_lowercase()).chain([at.oid.clone()]) {
+        for key in at
+            .names
+            .iter()
+            .map(|n| n.to_ascii_lowercase())
+            .chain([at.oid.clone()])
+        {
             if self.attr_by_name.insert(key.clone(), idx).is_some() {
                 return Err(format!("attribute type {key} defined twice"));
             }
@@ -376,7 +723,12 @@ impl Schema {
 
     fn add_class(&mut self, oc: ObjectClass) -> Result<(), String> {
         let idx = self.classes.len();
-        for key in oc.names.iter().map(|n| n.to_ascii_lowercase()).chain([oc.oid.clone()]) {
+        for key in oc
+            .names
+            .iter()
+            .map(|n| n.to_ascii_lowercase())
+            .chain([oc.oid.clone()])
+        {
             if self.class_by_name.insert(key.clone(), idx).is_some() {
                 return Err(format!("object class {key} defined twice"));
             }
@@ -391,16 +743,26 @@ impl Schema {
             let mut eq = self.attrs[i].equality_name.clone();
             let mut ord = self.attrs[i].ordering_name.clone();
             let mut sub = self.attrs[i].substr_name.clone();
-            let mut syn = (!self.attrs[i].syntax_oid.is_empty()).then(|| self.attrs[i].syntax_oid.clone());
+            let mut syn =
+                (!self.attrs[i].syntax_oid.is_empty()).then(|| self.attrs[i].syntax_oid.clone());
             let mut sup = self.attrs[i].sup.clone();
             let mut depth = 0;
             while let Some(s) = sup {
                 depth += 1;
-                let j = *self.attr_by_name.get(&s.to_ascii_lowercase()).ok_or_else(|| {
-                    SchemaError::Definition(format!("{}: SUP {s} is not defined", self.attrs[i].name()))
-                })?;
+                let j = *self
+                    .attr_by_name
+                    .get(&s.to_ascii_lowercase())
+                    .ok_or_else(|| {
+                        SchemaError::Definition(format!(
+                            "{}: SUP {s} is not defined",
+                            self.attrs[i].name()
+                        ))
+                    })?;
                 if depth > 32 {
-                    return Err(SchemaError::Definition(format!("{}: SUP cycle", self.attrs[i].name())));
+                    return Err(SchemaError::Definition(format!(
+                        "{}: SUP cycle",
+                        self.attrs[i].name()
+                    )));
                 }
                 let p = &self.attrs[j];
                 eq = eq.or_else(|| p.equality_name.clone());
@@ -413,12 +775,13 @@ impl Schema {
             let rule = |n: &Option<String>| -> Result<Option<Rule>, SchemaError> {
                 match n {
                     None => Ok(None),
-                    Some(n) => rule_by_name(n)
-                        .map(|(r, _)| Some(r))
-                        .ok_or_else(|| SchemaError::Definition(format!("{name}: unknown matching rule {n}"))),
+                    Some(n) => rule_by_name(n).map(|(r, _)| Some(r)).ok_or_else(|| {
+                        SchemaError::Definition(format!("{name}: unknown matching rule {n}"))
+                    }),
                 }
             };
-            let syntax_oid = syn.ok_or_else(|| SchemaError::Definition(format!("{name}: no SYNTAX")))?;
+            let syntax_oid =
+                syn.ok_or_else(|| SchemaError::Definition(format!("{name}: no SYNTAX")))?;
             let at = &mut self.attrs[i];
             at.equality_name = eq.clone();
             at.ordering_name = ord.clone();
@@ -426,18 +789,28 @@ impl Schema {
             at.equality = rule(&eq)?;
             at.ordering = rule(&ord)?;
             at.substr = rule(&sub)?;
-            at.syntax = SYNTAXES.iter().find(|s| s.0 == syntax_oid).map(|s| s.2).unwrap_or(Syntax::Other);
+            at.syntax = SYNTAXES
+                .iter()
+                .find(|s| s.0 == syntax_oid)
+                .map(|s| s.2)
+                .unwrap_or(Syntax::Other);
             at.syntax_oid = syntax_oid;
         }
         for oc in &self.classes {
             for s in &oc.sup {
                 if !self.class_by_name.contains_key(&s.to_ascii_lowercase()) {
-                    return Err(SchemaError::Definition(format!("{}: SUP {s} is not defined", oc.name())));
+                    return Err(SchemaError::Definition(format!(
+                        "{}: SUP {s} is not defined",
+                        oc.name()
+                    )));
                 }
             }
             for a in oc.must.iter().chain(&oc.may) {
                 if !self.attr_by_name.contains_key(&a.to_ascii_lowercase()) {
-                    return Err(SchemaError::Definition(format!("{}: attribute {a} is not defined", oc.name())));
+                    return Err(SchemaError::Definition(format!(
+                        "{}: attribute {a} is not defined",
+                        oc.name()
+                    )));
                 }
             }
         }
@@ -448,12 +821,16 @@ impl Schema {
     /// `;binary` are ignored.
     pub fn attr(&self, name: &str) -> Option<&AttributeType> {
         let base = name.split(';').next().unwrap_or(name);
-        self.attr_by_name.get(&base.to_ascii_lowercase()).map(|&i| &self.attrs[i])
+        self.attr_by_name
+            .get(&base.to_ascii_lowercase())
+            .map(|&i| &self.attrs[i])
     }
 
     /// Look up an object class by name or OID (case-insensitive).
     pub fn class(&self, name: &str) -> Option<&ObjectClass> {
-        self.class_by_name.get(&name.to_ascii_lowercase()).map(|&i| &self.classes[i])
+        self.class_by_name
+            .get(&name.to_ascii_lowercase())
+            .map(|&i| &self.classes[i])
     }
 
     /// Every attribute type, in definition order.
@@ -512,8 +889,12 @@ impl Schema {
     /// Normalise a value by a given rule.
     pub fn normalize_by(&self, rule: Rule, value: &[u8]) -> Option<Vec<u8>> {
         match rule {
-            Rule::CaseIgnore => Some(fold_spaces(&String::from_utf8_lossy(value).to_lowercase(), true).into_bytes()),
-            Rule::CaseExact => Some(fold_spaces(&String::from_utf8_lossy(value), true).into_bytes()),
+            Rule::CaseIgnore => {
+                Some(fold_spaces(&String::from_utf8_lossy(value).to_lowercase(), true).into_bytes())
+            }
+            Rule::CaseExact => {
+                Some(fold_spaces(&String::from_utf8_lossy(value), true).into_bytes())
+            }
             Rule::Telephone => Some(
                 String::from_utf8_lossy(value)
                     .chars()
@@ -558,9 +939,13 @@ impl Schema {
     /// leading and trailing spaces of the component are kept as single spaces).
     pub fn normalize_substring(&self, rule: Rule, value: &[u8]) -> Vec<u8> {
         match rule {
-            Rule::CaseIgnore => fold_spaces(&String::from_utf8_lossy(value).to_lowercase(), false).into_bytes(),
+            Rule::CaseIgnore => {
+                fold_spaces(&String::from_utf8_lossy(value).to_lowercase(), false).into_bytes()
+            }
             Rule::CaseExact => fold_spaces(&String::from_utf8_lossy(value), false).into_bytes(),
-            _ => self.normalize_by(rule, value).unwrap_or_else(|| value.to_vec()),
+            _ => self
+                .normalize_by(rule, value)
+                .unwrap_or_else(|| value.to_vec()),
         }
     }
 
@@ -576,7 +961,10 @@ impl Schema {
                 let b = parse_generalized_time(std::str::from_utf8(b).ok()?)?;
                 Some(a.cmp(&b))
             }
-            other => Some(self.normalize_by(other, a)?.cmp(&self.normalize_by(other, b)?)),
+            other => Some(
+                self.normalize_by(other, a)?
+                    .cmp(&self.normalize_by(other, b)?),
+            ),
         }
     }
 
@@ -587,14 +975,19 @@ impl Schema {
         for rdn in &dn.rdns {
             let mut avas = Vec::with_capacity(rdn.0.len());
             for ava in &rdn.0 {
-                let at = self.attr(&ava.attr).ok_or_else(|| Violation::InvalidDn(format!("attribute type {} is not defined", ava.attr)))?;
+                let at = self.attr(&ava.attr).ok_or_else(|| {
+                    Violation::InvalidDn(format!("attribute type {} is not defined", ava.attr))
+                })?;
                 let value = match at.equality {
-                    Some(rule) => self
-                        .normalize_by(rule, &ava.value)
-                        .ok_or_else(|| Violation::InvalidDn(format!("{}: invalid value in DN", at.name())))?,
+                    Some(rule) => self.normalize_by(rule, &ava.value).ok_or_else(|| {
+                        Violation::InvalidDn(format!("{}: invalid value in DN", at.name()))
+                    })?,
                     None => ava.value.clone(),
                 };
-                avas.push(Ava { attr: at.name().to_ascii_lowercase(), value });
+                avas.push(Ava {
+                    attr: at.name().to_ascii_lowercase(),
+                    value,
+                });
             }
             avas.sort_by(|a, b| (&a.attr, &a.value).cmp(&(&b.attr, &b.value)));
             avas.dedup();
@@ -648,10 +1041,16 @@ pub const BUILTIN_SCHEMA: &[(&str, &str)] = &[
     ("system.schema", include_str!("../../schema/system.schema")),
     ("core.schema", include_str!("../../schema/core.schema")),
     ("cosine.schema", include_str!("../../schema/cosine.schema")),
-    ("inetorgperson.schema", include_str!("../../schema/inetorgperson.schema")),
+    (
+        "inetorgperson.schema",
+        include_str!("../../schema/inetorgperson.schema"),
+    ),
     ("nis.schema", include_str!("../../schema/nis.schema")),
     ("mail.schema", include_str!("../../schema/mail.schema")),
-    ("pigeonair.schema", include_str!("../../schema/pigeonair.schema")),
+    (
+        "pigeonair.schema",
+        include_str!("../../schema/pigeonair.schema"),
+    ),
 ];
 
 /// A rule by name or OID.
@@ -731,7 +1130,12 @@ impl GeneralizedTime {
         let days = self.seconds.div_euclid(86400);
         let rem = self.seconds.rem_euclid(86400);
         let (y, m, d) = civil_from_days(days);
-        let mut s = format!("{y:04}{m:02}{d:02}{:02}{:02}{:02}", rem / 3600, rem % 3600 / 60, rem % 60);
+        let mut s = format!(
+            "{y:04}{m:02}{d:02}{:02}{:02}{:02}",
+            rem / 3600,
+            rem % 3600 / 60,
+            rem % 60
+        );
         if self.nanos > 0 {
             let f = format!("{:09}", self.nanos);
             s.push('.');
@@ -743,7 +1147,10 @@ impl GeneralizedTime {
 
     /// From seconds since the Unix epoch.
     pub fn from_unix(secs: i64, nanos: u32) -> GeneralizedTime {
-        GeneralizedTime { seconds: secs + days_from_civil(1970, 1, 1) * 86400, nanos }
+        GeneralizedTime {
+            seconds: secs + days_from_civil(1970, 1, 1) * 86400,
+            nanos,
+        }
     }
 }
 
@@ -775,7 +1182,9 @@ pub fn parse_generalized_time(s: &str) -> Option<GeneralizedTime> {
     let b = s.as_bytes();
     let num = |from: usize, len: usize| -> Option<i64> {
         let part = b.get(from..from + len)?;
-        part.iter().all(u8::is_ascii_digit).then(|| part.iter().fold(0i64, |a, &c| a * 10 + (c - b'0') as i64))
+        part.iter()
+            .all(u8::is_ascii_digit)
+            .then(|| part.iter().fold(0i64, |a, &c| a * 10 + (c - b'0') as i64))
     };
     let year = num(0, 4)?;
     let month = num(4, 2)?;
@@ -823,11 +1232,20 @@ pub fn parse_generalized_time(s: &str) -> Option<GeneralizedTime> {
         }
         _ => return None,
     };
-    if i != b.len() || !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || minute > 59 || second > 60 {
+    if i != b.len()
+        || !(1..=12).contains(&month)
+        || !(1..=31).contains(&day)
+        || hour > 23
+        || minute > 59
+        || second > 60
+    {
         return None;
     }
     let days = days_from_civil(year, month, day);
-    Some(GeneralizedTime { seconds: days * 86400 + hour * 3600 + minute * 60 + second - offset, nanos })
+    Some(GeneralizedTime {
+        seconds: days * 86400 + hour * 3600 + minute * 60 + second - offset,
+        nanos,
+    })
 }
 
 fn is_printable(c: u8) -> bool {
@@ -835,8 +1253,11 @@ fn is_printable(c: u8) -> bool {
 }
 
 fn is_oid(s: &str) -> bool {
-    let numeric = s.split('.').all(|p| !p.is_empty() && p.bytes().all(|c| c.is_ascii_digit()));
-    let descr = s.starts_with(|c: char| c.is_ascii_alphabetic()) && s.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-');
+    let numeric = s
+        .split('.')
+        .all(|p| !p.is_empty() && p.bytes().all(|c| c.is_ascii_digit()));
+    let descr = s.starts_with(|c: char| c.is_ascii_alphabetic())
+        && s.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-');
     numeric || descr
 }
 
@@ -850,24 +1271,40 @@ pub fn valid_for_syntax(syntax: Syntax, v: &[u8]) -> bool {
         Syntax::Integer => {
             let s = text.unwrap_or("");
             let d = s.strip_prefix('-').unwrap_or(s);
-            !d.is_empty() && d.bytes().all(|c| c.is_ascii_digit()) && (d == "0" || !d.starts_with('0')) && s != "-0"
+            !d.is_empty()
+                && d.bytes().all(|c| c.is_ascii_digit())
+                && (d == "0" || !d.starts_with('0'))
+                && s != "-0"
         }
         Syntax::Boolean => v == b"TRUE" || v == b"FALSE",
         Syntax::Dn => text.is_ok_and(|s| Dn::parse(s).is_ok()),
-        Syntax::NameAndOptionalUid => text.is_ok_and(|s| Dn::parse(s.split("#'").next().unwrap_or(s)).is_ok()),
+        Syntax::NameAndOptionalUid => {
+            text.is_ok_and(|s| Dn::parse(s.split("#'").next().unwrap_or(s)).is_ok())
+        }
         Syntax::Oid => text.is_ok_and(is_oid),
         Syntax::GeneralizedTime => text.is_ok_and(|s| parse_generalized_time(s).is_some()),
         Syntax::PrintableString => !v.is_empty() && v.iter().all(|&c| is_printable(c)),
-        Syntax::NumericString => !v.is_empty() && v.iter().all(|&c| c.is_ascii_digit() || c == b' '),
+        Syntax::NumericString => {
+            !v.is_empty() && v.iter().all(|&c| c.is_ascii_digit() || c == b' ')
+        }
         Syntax::TelephoneNumber => !v.is_empty() && v.iter().all(|&c| is_printable(c)),
         Syntax::CountryString => v.len() == 2 && v.iter().all(|&c| is_printable(c)),
         Syntax::BitString => {
-            v.len() >= 3 && v[0] == b'\'' && v.ends_with(b"'B") && v[1..v.len() - 2].iter().all(|&c| c == b'0' || c == b'1')
+            v.len() >= 3
+                && v[0] == b'\''
+                && v.ends_with(b"'B")
+                && v[1..v.len() - 2].iter().all(|&c| c == b'0' || c == b'1')
         }
         Syntax::Uuid => {
             let s = text.unwrap_or("");
             s.len() == 36
-                && s.char_indices().all(|(i, c)| if [8, 13, 18, 23].contains(&i) { c == '-' } else { c.is_ascii_hexdigit() })
+                && s.char_indices().all(|(i, c)| {
+                    if [8, 13, 18, 23].contains(&i) {
+                        c == '-'
+                    } else {
+                        c.is_ascii_hexdigit()
+                    }
+                })
         }
         Syntax::Other => text.is_ok(),
     }
@@ -943,12 +1380,17 @@ struct Description {
 impl Description {
     fn parse(s: &str) -> Result<Description, String> {
         let toks = tokenize(s)?;
-        if toks.first().map(String::as_str) != Some("(") || toks.last().map(String::as_str) != Some(")") {
+        if toks.first().map(String::as_str) != Some("(")
+            || toks.last().map(String::as_str) != Some(")")
+        {
             return Err("a description is enclosed in parentheses".into());
         }
         let toks = &toks[1..toks.len() - 1];
         let oid = toks.first().ok_or("missing OID")?.clone();
-        if !oid.split('.').all(|p| !p.is_empty() && p.bytes().all(|c| c.is_ascii_digit())) {
+        if !oid
+            .split('.')
+            .all(|p| !p.is_empty() && p.bytes().all(|c| c.is_ascii_digit()))
+        {
             return Err(format!("bad OID {oid}"));
         }
         let mut fields: Vec<(String, Vec<String>)> = Vec::new();
@@ -959,7 +1401,13 @@ impl Description {
             let mut vals = Vec::new();
             let takes_value = !matches!(
                 kw.as_str(),
-                "SINGLE-VALUE" | "COLLECTIVE" | "NO-USER-MODIFICATION" | "OBSOLETE" | "ABSTRACT" | "STRUCTURAL" | "AUXILIARY"
+                "SINGLE-VALUE"
+                    | "COLLECTIVE"
+                    | "NO-USER-MODIFICATION"
+                    | "OBSOLETE"
+                    | "ABSTRACT"
+                    | "STRUCTURAL"
+                    | "AUXILIARY"
             );
             if takes_value {
                 match toks.get(i).map(String::as_str) {
@@ -1007,7 +1455,10 @@ fn parse_attr(body: &str) -> Result<AttributeType, String> {
         Some("dSAOperation") => Usage::DsaOperation,
         Some(other) => return Err(format!("unknown USAGE {other}")),
     };
-    let syntax_oid = d.one("SYNTAX").map(|s| s.split('{').next().unwrap_or(&s).to_string()).unwrap_or_default();
+    let syntax_oid = d
+        .one("SYNTAX")
+        .map(|s| s.split('{').next().unwrap_or(&s).to_string())
+        .unwrap_or_default();
     Ok(AttributeType {
         oid: d.oid.clone(),
         names: d.get("NAME").cloned().unwrap_or_default(),
@@ -1056,7 +1507,11 @@ mod tests {
         let s = Schema::builtin();
         let cn = s.attr("CN").unwrap();
         assert_eq!(cn.name(), "cn");
-        assert_eq!(cn.equality, Some(Rule::CaseIgnore), "cn inherits caseIgnoreMatch from name");
+        assert_eq!(
+            cn.equality,
+            Some(Rule::CaseIgnore),
+            "cn inherits caseIgnoreMatch from name"
+        );
         assert_eq!(s.attr("2.5.4.3").unwrap().oid, "2.5.4.3");
         assert!(s.class("inetOrgPerson").is_some());
         assert!(s.attr("mailHost").is_some());
@@ -1066,8 +1521,12 @@ mod tests {
     #[test]
     fn normalizes_dns_by_rule() {
         let s = Schema::builtin();
-        let a = s.dn_key(&Dn::parse("UID=Alice ,  OU=People,DC=Example,dc=ORG").unwrap()).unwrap();
-        let b = s.dn_key(&Dn::parse("uid=alice,ou=people,dc=example,dc=org").unwrap()).unwrap();
+        let a = s
+            .dn_key(&Dn::parse("UID=Alice ,  OU=People,DC=Example,dc=ORG").unwrap())
+            .unwrap();
+        let b = s
+            .dn_key(&Dn::parse("uid=alice,ou=people,dc=example,dc=org").unwrap())
+            .unwrap();
         assert_eq!(a, b);
         let m1 = s.dn_key(&Dn::parse("cn=x+sn=y,dc=org").unwrap()).unwrap();
         let m2 = s.dn_key(&Dn::parse("SN=Y+cn=X,dc=org").unwrap()).unwrap();
@@ -1082,9 +1541,18 @@ mod tests {
         assert!(!valid_for_syntax(Syntax::Integer, b"1x"));
         assert!(valid_for_syntax(Syntax::Boolean, b"TRUE"));
         assert!(!valid_for_syntax(Syntax::Boolean, b"yes"));
-        assert!(valid_for_syntax(Syntax::GeneralizedTime, b"20261129210000Z"));
-        assert!(valid_for_syntax(Syntax::GeneralizedTime, b"2026112921+0100"));
-        assert!(!valid_for_syntax(Syntax::GeneralizedTime, b"20261329210000Z"));
+        assert!(valid_for_syntax(
+            Syntax::GeneralizedTime,
+            b"20261129210000Z"
+        ));
+        assert!(valid_for_syntax(
+            Syntax::GeneralizedTime,
+            b"2026112921+0100"
+        ));
+        assert!(!valid_for_syntax(
+            Syntax::GeneralizedTime,
+            b"20261329210000Z"
+        ));
         assert!(!valid_for_syntax(Syntax::Ia5String, "é".as_bytes()));
         assert!(valid_for_syntax(Syntax::Oid, b"2.5.4.3"));
         assert!(valid_for_syntax(Syntax::Oid, b"inetOrgPerson"));
@@ -1097,7 +1565,10 @@ mod tests {
         let b = parse_generalized_time("20260101130000+0100").unwrap();
         assert_eq!(a, b);
         assert_eq!(a.canonical(), "20260101120000Z");
-        assert_eq!(GeneralizedTime::from_unix(0, 0).canonical(), "19700101000000Z");
+        assert_eq!(
+            GeneralizedTime::from_unix(0, 0).canonical(),
+            "19700101000000Z"
+        );
     }
 
     #[test]

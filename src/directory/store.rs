@@ -9,8 +9,9 @@
 use std::path::Path;
 
 use redb::{
-    Database, Durability, MultimapTableDefinition, ReadOnlyMultimapTable, ReadOnlyTable, ReadTransaction, ReadableDatabase,
-    ReadableMultimapTable, ReadableTable, TableDefinition, WriteTransaction,
+    Database, Durability, MultimapTableDefinition, ReadOnlyMultimapTable, ReadOnlyTable,
+    ReadTransaction, ReadableDatabase, ReadableMultimapTable, ReadableTable, TableDefinition,
+    WriteTransaction,
 };
 
 use super::entry::StoredEntry;
@@ -52,12 +53,16 @@ pub struct Store {
 impl Store {
     /// Open (or create) the database at `path` with a page cache of `cache_bytes`.
     pub fn open(path: &Path, cache_bytes: usize) -> Result<Store, StoreError> {
-        let db = Database::builder().set_cache_size(cache_bytes).create(path).map_err(|e| match e {
-            redb::DatabaseError::DatabaseAlreadyOpen => {
-                StoreError(format!("{} is in use by another process (is a node running on this data directory?)", path.display()))
-            }
-            other => StoreError::from(other),
-        })?;
+        let db = Database::builder()
+            .set_cache_size(cache_bytes)
+            .create(path)
+            .map_err(|e| match e {
+                redb::DatabaseError::DatabaseAlreadyOpen => StoreError(format!(
+                    "{} is in use by another process (is a node running on this data directory?)",
+                    path.display()
+                )),
+                other => StoreError::from(other),
+            })?;
         let store = Store { db };
         // Create the tables so readers never meet a missing one.
         let w = store.write()?;
@@ -104,7 +109,8 @@ impl Store {
     }
 }
 
-fn decode(bytes: &[u8]) -> Result<StoredEntry, StoreError> {
+/// Decode a stored entry.
+pub fn decode(bytes: &[u8]) -> Result<StoredEntry, StoreError> {
     bincode::serde::decode_from_slice(bytes, bincode::config::standard())
         .map(|(e, _)| e)
         .map_err(|e| StoreError(format!("corrupt entry: {e}")))
@@ -160,6 +166,18 @@ macro_rules! scan {
         }
         Ok::<_, StoreError>(out)
     }};
+}
+
+impl ReadView {
+    /// Every (id, encoded entry) in id order, for snapshots and digests.
+    pub fn raw_entries(&self) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.entries.iter()? {
+            let (k, v) = item?;
+            out.push((k.value(), v.value().to_vec()));
+        }
+        Ok(out)
+    }
 }
 
 impl Reader for ReadView {
@@ -232,7 +250,9 @@ impl WriteBatch {
     /// Store an entry under its id and DN key (replacing what was there).
     pub fn put_entry(&mut self, id: u64, entry: &StoredEntry) -> Result<(), StoreError> {
         self.txn.open_table(DN2ID)?.insert(entry.key.as_str(), id)?;
-        self.txn.open_table(ENTRIES)?.insert(id, encode(entry).as_slice())?;
+        self.txn
+            .open_table(ENTRIES)?
+            .insert(id, encode(entry).as_slice())?;
         Ok(())
     }
 
@@ -269,9 +289,24 @@ impl WriteBatch {
 
     /// Drop every index key (before a rebuild).
     pub fn index_clear(&mut self) -> Result<(), StoreError> {
-        self.txn.delete_multimap_table(INDEX).map_err(|e| StoreError(e.to_string()))?;
+        self.txn
+            .delete_multimap_table(INDEX)
+            .map_err(|e| StoreError(e.to_string()))?;
         self.txn.open_multimap_table(INDEX)?;
         Ok(())
+    }
+
+    /// Drop every entry, DN key and index key (before installing a snapshot).
+    pub fn clear_all(&mut self) -> Result<(), StoreError> {
+        self.txn
+            .delete_table(DN2ID)
+            .map_err(|e| StoreError(e.to_string()))?;
+        self.txn
+            .delete_table(ENTRIES)
+            .map_err(|e| StoreError(e.to_string()))?;
+        self.txn.open_table(DN2ID)?;
+        self.txn.open_table(ENTRIES)?;
+        self.index_clear()
     }
 
     /// Every (id, entry), for rebuilding indexes and exports.
@@ -293,7 +328,10 @@ impl WriteBatch {
 
     /// A fresh entry id.
     pub fn next_id(&mut self) -> Result<u64, StoreError> {
-        let cur = self.meta("next_id")?.map(|v| u64::from_le_bytes(v.try_into().unwrap_or([0; 8]))).unwrap_or(1);
+        let cur = self
+            .meta("next_id")?
+            .map(|v| u64::from_le_bytes(v.try_into().unwrap_or([0; 8])))
+            .unwrap_or(1);
         self.set_meta("next_id", &(cur + 1).to_le_bytes())?;
         Ok(cur)
     }

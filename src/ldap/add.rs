@@ -12,16 +12,28 @@ use crate::directory::{hash_clear_passwords, DirectoryCommand, WriteMeta};
 pub async fn handle(ctx: &LdapContext, who: &Identity, reply: &Reply, req: AddRequest) {
     let send = |r| reply.send(ProtocolOp::AddResponse(AddResponse(r)), None);
     if !who.admin {
-        send(codec::result(ResultCode::InsufficientAccessRights, "", "insufficient access")).await;
+        send(codec::result(
+            ResultCode::InsufficientAccessRights,
+            "",
+            "insufficient access",
+        ))
+        .await;
         return;
     }
     let mut attrs = Vec::with_capacity(req.attributes.len());
     for a in req.attributes {
         let mut values: Vec<Vec<u8>> = a.vals.into_vec().into_iter().map(|v| v.to_vec()).collect();
         hash_clear_passwords(&a.r#type, &mut values);
-        attrs.push(Attribute { name: a.r#type.0, values });
+        attrs.push(Attribute {
+            name: a.r#type.0,
+            values,
+        });
     }
-    let cmd = DirectoryCommand::Add { dn: req.entry.0, attrs, meta: WriteMeta::now(&who.dn) };
+    let cmd = DirectoryCommand::Add {
+        dn: req.entry.0,
+        attrs,
+        meta: WriteMeta::now(&who.dn),
+    };
     let result = match ctx.write(cmd).await {
         Ok(()) => codec::result(ResultCode::Success, "", ""),
         Err(e) => result_of(&e),

@@ -8,20 +8,44 @@ use crate::directory::dn::Dn;
 use crate::directory::password;
 
 fn response(code: ResultCode, message: &str) -> ProtocolOp {
-    ProtocolOp::BindResponse(BindResponse::new(code, "".into(), message.into(), None, None))
+    ProtocolOp::BindResponse(BindResponse::new(
+        code,
+        "".into(),
+        message.into(),
+        None,
+        None,
+    ))
 }
 
 /// Handle a bind; returns the connection's identity afterwards (anonymous on failure,
 /// as RFC 4513 section 4 asks).
-pub async fn handle(ctx: &LdapContext, reply: &Reply, req: BindRequest, _before: Identity) -> Identity {
+pub async fn handle(
+    ctx: &LdapContext,
+    reply: &Reply,
+    req: BindRequest,
+    _before: Identity,
+) -> Identity {
     if req.version != 3 {
-        reply.send(response(ResultCode::ProtocolError, "only LDAPv3 is supported"), None).await;
+        reply
+            .send(
+                response(ResultCode::ProtocolError, "only LDAPv3 is supported"),
+                None,
+            )
+            .await;
         return Identity::default();
     }
     let password = match req.authentication {
         AuthenticationChoice::Simple(pw) => pw.to_vec(),
         _ => {
-            reply.send(response(ResultCode::AuthMethodNotSupported, "SASL mechanisms are not supported yet"), None).await;
+            reply
+                .send(
+                    response(
+                        ResultCode::AuthMethodNotSupported,
+                        "SASL mechanisms are not supported yet",
+                    ),
+                    None,
+                )
+                .await;
             return Identity::default();
         }
     };
@@ -32,7 +56,15 @@ pub async fn handle(ctx: &LdapContext, reply: &Reply, req: BindRequest, _before:
     }
     if password.is_empty() {
         // An unauthenticated bind (RFC 4513 section 5.1.2) is refused.
-        reply.send(response(ResultCode::UnwillingToPerform, "unauthenticated bind (DN with no password) not allowed"), None).await;
+        reply
+            .send(
+                response(
+                    ResultCode::UnwillingToPerform,
+                    "unauthenticated bind (DN with no password) not allowed",
+                ),
+                None,
+            )
+            .await;
         return Identity::default();
     }
     match verify(ctx, &name, password).await {
@@ -43,7 +75,12 @@ pub async fn handle(ctx: &LdapContext, reply: &Reply, req: BindRequest, _before:
         }
         None => {
             tracing::info!(dn = %name, "bind failed: invalid credentials");
-            reply.send(response(ResultCode::InvalidCredentials, "invalid credentials"), None).await;
+            reply
+                .send(
+                    response(ResultCode::InvalidCredentials, "invalid credentials"),
+                    None,
+                )
+                .await;
             Identity::default()
         }
     }
@@ -61,7 +98,11 @@ pub async fn verify(ctx: &LdapContext, name: &str, password: Vec<u8>) -> Option<
         let entry = dir.view().ok()?.find(&name).ok()??;
         let stored = entry.get("userPassword")?;
         let ok = stored.values.iter().any(|v| password::verify(&password, v));
-        ok.then(|| Identity { dn: entry.dn.clone(), admin: admin_keys.contains(&key), key })
+        ok.then(|| Identity {
+            dn: entry.dn.clone(),
+            admin: admin_keys.contains(&key),
+            key,
+        })
     })
     .await
     .ok()

@@ -26,24 +26,37 @@ pub enum CodecError {
 /// The total length (header and content) of the message at the start of `buf`:
 /// `Ok(None)` when more bytes are needed to know.
 pub fn frame_len(buf: &[u8], max: usize) -> Result<Option<usize>, CodecError> {
-    let Some(&tag) = buf.first() else { return Ok(None) };
+    let Some(&tag) = buf.first() else {
+        return Ok(None);
+    };
     if tag != 0x30 {
-        return Err(CodecError::Malformed(format!("expected a SEQUENCE, got tag 0x{tag:02x}")));
+        return Err(CodecError::Malformed(format!(
+            "expected a SEQUENCE, got tag 0x{tag:02x}"
+        )));
     }
-    let Some(&l0) = buf.get(1) else { return Ok(None) };
+    let Some(&l0) = buf.get(1) else {
+        return Ok(None);
+    };
     let (header, len) = if l0 < 0x80 {
         (2usize, l0 as usize)
     } else if l0 == 0x80 {
-        return Err(CodecError::Malformed("indefinite length is not allowed in LDAP".into()));
+        return Err(CodecError::Malformed(
+            "indefinite length is not allowed in LDAP".into(),
+        ));
     } else {
         let n = (l0 & 0x7f) as usize;
         if n > 4 {
-            return Err(CodecError::TooLarge { size: usize::MAX, max });
+            return Err(CodecError::TooLarge {
+                size: usize::MAX,
+                max,
+            });
         }
         if buf.len() < 2 + n {
             return Ok(None);
         }
-        let len = buf[2..2 + n].iter().fold(0usize, |a, &b| a << 8 | b as usize);
+        let len = buf[2..2 + n]
+            .iter()
+            .fold(0usize, |a, &b| a << 8 | b as usize);
         (2 + n, len)
     };
     let total = header + len;
@@ -100,9 +113,18 @@ mod tests {
         assert_eq!(frame_len(&[0x30, 3, 1, 2], 100), Ok(None));
         assert_eq!(frame_len(&[0x30, 3, 1, 2, 3, 9], 100), Ok(Some(5)));
         assert_eq!(frame_len(&[0x30, 0x82, 0x01], 1000), Ok(None));
-        assert!(matches!(frame_len(&[0x30, 0x83, 0x20, 0, 0], 1 << 20), Err(CodecError::TooLarge { .. })));
-        assert!(matches!(frame_len(&[0x04, 1], 100), Err(CodecError::Malformed(_))));
-        assert!(matches!(frame_len(&[0x30, 0x80], 100), Err(CodecError::Malformed(_))));
+        assert!(matches!(
+            frame_len(&[0x30, 0x83, 0x20, 0, 0], 1 << 20),
+            Err(CodecError::TooLarge { .. })
+        ));
+        assert!(matches!(
+            frame_len(&[0x04, 1], 100),
+            Err(CodecError::Malformed(_))
+        ));
+        assert!(matches!(
+            frame_len(&[0x30, 0x80], 100),
+            Err(CodecError::Malformed(_))
+        ));
     }
 
     #[test]
@@ -111,7 +133,9 @@ mod tests {
         for len in 0..400 {
             let mut buf = vec![0x30u8, len as u8];
             for _ in 0..len {
-                seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                seed = seed
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
                 buf.push((seed >> 33) as u8);
             }
             let _ = decode(&buf);

@@ -17,13 +17,25 @@ pub async fn handle(ctx: &LdapContext, who: &Identity, reply: &Reply, req: Compa
         let schema = dir.schema();
         let attr = req.ava.attribute_desc.0;
         let Some(at) = schema.attr(&attr) else {
-            return codec::result(ResultCode::UndefinedAttributeType, "", "attribute type is not defined");
+            return codec::result(
+                ResultCode::UndefinedAttributeType,
+                "",
+                "attribute type is not defined",
+            );
         };
         if at.equality.is_none() {
-            return codec::result(ResultCode::InappropriateMatching, "", "attribute has no equality matching rule");
+            return codec::result(
+                ResultCode::InappropriateMatching,
+                "",
+                "attribute has no equality matching rule",
+            );
         }
         if at.name().eq_ignore_ascii_case("userPassword") && !admin {
-            return codec::result(ResultCode::InsufficientAccessRights, "", "insufficient access");
+            return codec::result(
+                ResultCode::InsufficientAccessRights,
+                "",
+                "insufficient access",
+            );
         }
         let view = match dir.view() {
             Ok(v) => v,
@@ -32,7 +44,10 @@ pub async fn handle(ctx: &LdapContext, who: &Identity, reply: &Reply, req: Compa
         let entry = match view.find(&req.entry.0) {
             Ok(Some(e)) => e,
             Ok(None) => {
-                let matched = crate::directory::dn::Dn::parse(&req.entry.0).ok().and_then(|d| view.matched(&d).ok()).unwrap_or_default();
+                let matched = crate::directory::dn::Dn::parse(&req.entry.0)
+                    .ok()
+                    .and_then(|d| view.matched(&d).ok())
+                    .unwrap_or_default();
                 return result_of(&DirError::NoSuchObject { matched });
             }
             Err(e) => return result_of(&e),
@@ -40,12 +55,20 @@ pub async fn handle(ctx: &LdapContext, who: &Identity, reply: &Reply, req: Compa
         let filter = Filter::Equality(attr, req.ava.assertion_value.to_vec());
         match evaluate(schema, &filter, &entry, 0) {
             Truth::True => codec::result(ResultCode::CompareTrue, "", ""),
-            Truth::False if entry.get(at.name()).is_none() => codec::result(ResultCode::NoSuchAttribute, "", "no such attribute"),
+            Truth::False if entry.get(at.name()).is_none() => {
+                codec::result(ResultCode::NoSuchAttribute, "", "no such attribute")
+            }
             Truth::False => codec::result(ResultCode::CompareFalse, "", ""),
-            Truth::Undefined => codec::result(ResultCode::InvalidAttributeSyntax, "", "assertion value is not valid"),
+            Truth::Undefined => codec::result(
+                ResultCode::InvalidAttributeSyntax,
+                "",
+                "assertion value is not valid",
+            ),
         }
     })
     .await
     .unwrap_or_else(|_| codec::result(ResultCode::Other, "", "compare failed"));
-    reply.send(ProtocolOp::CompareResponse(CompareResponse(result)), None).await;
+    reply
+        .send(ProtocolOp::CompareResponse(CompareResponse(result)), None)
+        .await;
 }

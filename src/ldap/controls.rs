@@ -40,8 +40,12 @@ pub fn unknown_critical(ctrls: &[Control], op: &ProtocolOp) -> Option<String> {
 /// The paged-results request in a control list: (page size, cookie), or an error
 /// message when the control is malformed.
 pub fn paged_request(ctrls: &[Control]) -> Option<Result<(usize, Vec<u8>), String>> {
-    let c = ctrls.iter().find(|c| c.control_type.as_ref() == PAGED_RESULTS.as_bytes())?;
-    let Some(value) = &c.control_value else { return Some(Err("paged results control without a value".into())) };
+    let c = ctrls
+        .iter()
+        .find(|c| c.control_type.as_ref() == PAGED_RESULTS.as_bytes())?;
+    let Some(value) = &c.control_value else {
+        return Some(Err("paged results control without a value".into()));
+    };
     Some(match rasn::ber::decode::<PagedResultsValue>(value) {
         Ok(v) => {
             let size: i64 = (&v.size).try_into().unwrap_or(-1);
@@ -57,10 +61,15 @@ pub fn paged_request(ctrls: &[Control]) -> Option<Result<(usize, Vec<u8>), Strin
 
 /// A paged-results response control.
 pub fn paged_response(total: usize, cookie: &[u8]) -> Control {
-    let value = PagedResultsValue { size: Integer::from(total as i64), cookie: OctetString::from(cookie.to_vec()) };
+    let value = PagedResultsValue {
+        size: Integer::from(total as i64),
+        cookie: OctetString::from(cookie.to_vec()),
+    };
     Control::new(
         OctetString::from(PAGED_RESULTS.as_bytes().to_vec()),
         false,
-        Some(OctetString::from(rasn::ber::encode(&value).unwrap_or_default())),
+        Some(OctetString::from(
+            rasn::ber::encode(&value).unwrap_or_default(),
+        )),
     )
 }

@@ -10,12 +10,24 @@ use crate::directory::{DirectoryCommand, WriteMeta};
 /// Handle a delete request.
 pub async fn handle(ctx: &LdapContext, who: &Identity, reply: &Reply, req: DelRequest) {
     let result = if !who.admin {
-        codec::result(ResultCode::InsufficientAccessRights, "", "insufficient access")
+        codec::result(
+            ResultCode::InsufficientAccessRights,
+            "",
+            "insufficient access",
+        )
     } else {
-        match ctx.write(DirectoryCommand::Delete { dn: req.0 .0, meta: WriteMeta::now(&who.dn) }).await {
+        match ctx
+            .write(DirectoryCommand::Delete {
+                dn: req.0 .0,
+                meta: WriteMeta::now(&who.dn),
+            })
+            .await
+        {
             Ok(()) => codec::result(ResultCode::Success, "", ""),
             Err(e) => result_of(&e),
         }
     };
-    reply.send(ProtocolOp::DelResponse(DelResponse(result)), None).await;
+    reply
+        .send(ProtocolOp::DelResponse(DelResponse(result)), None)
+        .await;
 }

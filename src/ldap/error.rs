@@ -1,8 +1,8 @@
 //! Directory errors to LDAP results, in one place.
 
 use rasn_ldap::{
-    AddResponse, BindResponse, CompareResponse, DelResponse, LdapResult, ModifyDnResponse, ModifyResponse, ProtocolOp, ResultCode,
-    SearchResultDone,
+    AddResponse, BindResponse, CompareResponse, DelResponse, LdapResult, ModifyDnResponse,
+    ModifyResponse, ProtocolOp, ResultCode, SearchResultDone,
 };
 
 use super::codec;
@@ -27,7 +27,9 @@ pub fn result_of(e: &DirError) -> LdapResult {
                 Violation::UndefinedAttribute(_) => ResultCode::UndefinedAttributeType,
                 Violation::InvalidSyntax(_) => ResultCode::InvalidAttributeSyntax,
                 Violation::ObjectClass(_) => ResultCode::ObjectClassViolation,
-                Violation::Constraint(_) | Violation::NoUserModification(_) => ResultCode::ConstraintViolation,
+                Violation::Constraint(_) | Violation::NoUserModification(_) => {
+                    ResultCode::ConstraintViolation
+                }
                 Violation::InvalidDn(_) => ResultCode::InvalidDnSyntax,
                 Violation::Naming(_) => ResultCode::NamingViolation,
                 Violation::InappropriateMatching(_) => ResultCode::InappropriateMatching,
@@ -61,15 +63,28 @@ pub fn response_for(request: &ProtocolOp, result: LdapResult) -> ProtocolOp {
         ProtocolOp::DelRequest(_) => ProtocolOp::DelResponse(DelResponse(result)),
         ProtocolOp::ModDnRequest(_) => ProtocolOp::ModDnResponse(ModifyDnResponse(result)),
         ProtocolOp::CompareRequest(_) => ProtocolOp::CompareResponse(CompareResponse(result)),
-        _ => ProtocolOp::ExtendedResp(extended::response(result.result_code, &result.diagnostic_message, None, None)),
+        _ => ProtocolOp::ExtendedResp(extended::response(
+            result.result_code,
+            &result.diagnostic_message,
+            None,
+            None,
+        )),
     }
 }
 
 /// Answer a request with an error result (nothing for abandon and unbind, which have
 /// no response).
 pub async fn reject(reply: &Reply, request: &ProtocolOp, code: ResultCode, message: &str) {
-    if matches!(request, ProtocolOp::AbandonRequest(_) | ProtocolOp::UnbindRequest(_)) {
+    if matches!(
+        request,
+        ProtocolOp::AbandonRequest(_) | ProtocolOp::UnbindRequest(_)
+    ) {
         return;
     }
-    reply.send(response_for(request, codec::result(code, "", message)), None).await;
+    reply
+        .send(
+            response_for(request, codec::result(code, "", message)),
+            None,
+        )
+        .await;
 }

@@ -41,7 +41,12 @@ pub struct PasswdModifyResponseValue {
 }
 
 /// An extended response.
-pub fn response(code: ResultCode, message: &str, name: Option<&str>, value: Option<Vec<u8>>) -> ExtendedResponse {
+pub fn response(
+    code: ResultCode,
+    message: &str,
+    name: Option<&str>,
+    value: Option<Vec<u8>>,
+) -> ExtendedResponse {
     ExtendedResponse {
         result_code: code,
         matched_dn: "".into(),
@@ -62,27 +67,52 @@ pub async fn handle(ctx: &LdapContext, who: &Identity, reply: &Reply, req: Exten
     let name = String::from_utf8_lossy(&req.request_name).into_owned();
     let resp = match name.as_str() {
         WHO_AM_I => {
-            let authz = if who.is_anonymous() { Vec::new() } else { format!("dn:{}", who.dn).into_bytes() };
+            let authz = if who.is_anonymous() {
+                Vec::new()
+            } else {
+                format!("dn:{}", who.dn).into_bytes()
+            };
             response(ResultCode::Success, "", None, Some(authz))
         }
         PASSWORD_MODIFY => password_modify(ctx, who, req.request_value.map(|v| v.to_vec())).await,
-        _ => response(ResultCode::ProtocolError, "unsupported extended operation", None, None),
+        _ => response(
+            ResultCode::ProtocolError,
+            "unsupported extended operation",
+            None,
+            None,
+        ),
     };
     reply.send(ProtocolOp::ExtendedResp(resp), None).await;
 }
 
-async fn password_modify(ctx: &LdapContext, who: &Identity, value: Option<Vec<u8>>) -> ExtendedResponse {
+async fn password_modify(
+    ctx: &LdapContext,
+    who: &Identity,
+    value: Option<Vec<u8>>,
+) -> ExtendedResponse {
     let req = match value {
         None => PasswdModifyRequestValue::default(),
         Some(v) => match rasn::ber::decode::<PasswdModifyRequestValue>(&v) {
             Ok(r) => r,
-            Err(_) => return response(ResultCode::ProtocolError, "malformed password modify request", None, None),
+            Err(_) => {
+                return response(
+                    ResultCode::ProtocolError,
+                    "malformed password modify request",
+                    None,
+                    None,
+                )
+            }
         },
     };
     let target = match &req.user_identity {
         Some(id) => String::from_utf8_lossy(id).into_owned(),
         None if who.is_anonymous() => {
-            return response(ResultCode::UnwillingToPerform, "bind first or name the user", None, None);
+            return response(
+                ResultCode::UnwillingToPerform,
+                "bind first or name the user",
+                None,
+                None,
+            );
         }
         None => who.dn.clone(),
     };
@@ -92,11 +122,21 @@ async fn password_modify(ctx: &LdapContext, who: &Identity, value: Option<Vec<u8
     };
     let is_self = !who.is_anonymous() && target_key == who.key;
     if !who.admin && !is_self {
-        return response(ResultCode::InsufficientAccessRights, "insufficient access", None, None);
+        return response(
+            ResultCode::InsufficientAccessRights,
+            "insufficient access",
+            None,
+            None,
+        );
     }
     if let Some(old) = &req.old_passwd {
         if bind::verify(ctx, &target, old.to_vec()).await.is_none() {
-            return response(ResultCode::InvalidCredentials, "the old password is not right", None, None);
+            return response(
+                ResultCode::InvalidCredentials,
+                "the old password is not right",
+                None,
+                None,
+            );
         }
     }
     let (new, generated) = match &req.new_passwd {
@@ -106,16 +146,25 @@ async fn password_modify(ctx: &LdapContext, who: &Identity, value: Option<Vec<u8
             (g.clone().into_bytes(), Some(g))
         }
     };
-    let hashed = tokio::task::spawn_blocking(move || password::hash(&new)).await.unwrap_or_default();
+    let hashed = tokio::task::spawn_blocking(move || password::hash(&new))
+        .await
+        .unwrap_or_default();
     let cmd = DirectoryCommand::Modify {
         dn: target,
-        changes: vec![Change { op: ChangeOp::Replace, attr: "userPassword".into(), values: vec![hashed] }],
+        changes: vec![Change {
+            op: ChangeOp::Replace,
+            attr: "userPassword".into(),
+            values: vec![hashed],
+        }],
         meta: WriteMeta::now(&who.dn),
     };
     match ctx.write(cmd).await {
         Ok(()) => {
             let value = generated.map(|g| {
-                rasn::ber::encode(&PasswdModifyResponseValue { gen_passwd: Some(OctetString::from(g.into_bytes())) }).unwrap_or_default()
+                rasn::ber::encode(&PasswdModifyResponseValue {
+                    gen_passwd: Some(OctetString::from(g.into_bytes())),
+                })
+                .unwrap_or_default()
             });
             response(ResultCode::Success, "", None, value)
         }

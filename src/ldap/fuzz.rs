@@ -26,10 +26,20 @@ fn fixture() -> &'static Fixture {
         let mut config = Config::default();
         config.node.data_dir = dir.clone();
         let directory = crate::node::open_directory(&config).expect("a fuzz directory opens");
-        crate::node::bootstrap(&directory, &config.admin_dn(), "fuzz", true).expect("the fuzz directory bootstraps");
-        let ldap = LdapConfig { max_pdu_bytes: 64 * 1024, ..LdapConfig::default() };
-        let ctx = Arc::new(LdapContext::new(Arc::new(directory), ldap, &[config.admin_dn()]).expect("context"));
-        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime");
+        crate::node::bootstrap(&directory, &config.admin_dn(), "fuzz", true)
+            .expect("the fuzz directory bootstraps");
+        let ldap = LdapConfig {
+            max_pdu_bytes: 64 * 1024,
+            ..LdapConfig::default()
+        };
+        let ctx = Arc::new(
+            LdapContext::new(Arc::new(directory), ldap, &[config.admin_dn()]).expect("context"),
+        );
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime");
         Fixture { rt, ctx, _dir: dir }
     })
 }
@@ -41,7 +51,12 @@ pub fn session_bytes(data: &[u8]) -> Vec<u8> {
     f.rt.block_on(async {
         let (client, server) = tokio::io::duplex(1 << 16);
         let (_tx, rx) = watch::channel(false);
-        let task = tokio::spawn(session::run(f.ctx.clone(), server, "127.0.0.1:1".parse().expect("an address"), rx));
+        let task = tokio::spawn(session::run(
+            f.ctx.clone(),
+            server,
+            "127.0.0.1:1".parse().expect("an address"),
+            rx,
+        ));
         let mut out = Vec::new();
         let (mut rd, mut wr) = tokio::io::split(client);
         let data = data.to_vec();
@@ -49,7 +64,8 @@ pub fn session_bytes(data: &[u8]) -> Vec<u8> {
             let _ = wr.write_all(&data).await;
             let _ = wr.shutdown().await;
         });
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(10), rd.read_to_end(&mut out)).await;
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(10), rd.read_to_end(&mut out))
+            .await;
         let _ = writer.await;
         let _ = task.await;
         out
@@ -62,7 +78,9 @@ mod tests {
     use rasn_ldap::{LdapMessage, ProtocolOp};
 
     fn search_pdu() -> Vec<u8> {
-        let filter = crate::ldap::filter_wire::to_wire(&crate::directory::filter::Filter::parse("(&(objectClass=*)(uid=al*))").unwrap());
+        let filter = crate::ldap::filter_wire::to_wire(
+            &crate::directory::filter::Filter::parse("(&(objectClass=*)(uid=al*))").unwrap(),
+        );
         let req = rasn_ldap::SearchRequest::new(
             "dc=pigeonair".into(),
             rasn_ldap::SearchRequestScope::WholeSubtree,
@@ -79,7 +97,10 @@ mod tests {
     #[test]
     fn a_valid_search_answers() {
         let out = session_bytes(&search_pdu());
-        assert!(out.len() > 100, "the search returned entries and a done message");
+        assert!(
+            out.len() > 100,
+            "the search returned entries and a done message"
+        );
     }
 
     #[test]

@@ -30,6 +30,7 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
+use tracing::Instrument;
 
 use crate::config::LdapConfig;
 use crate::directory::{DirError, Directory, DirectoryCommand};
@@ -64,13 +65,21 @@ pub struct LdapContext {
 
 impl LdapContext {
     /// A context for a directory; `admin_dns` are the DNs with full rights.
-    pub fn new(dir: Arc<Directory>, config: LdapConfig, admin_dns: &[String]) -> Result<LdapContext, String> {
+    pub fn new(
+        dir: Arc<Directory>,
+        config: LdapConfig,
+        admin_dns: &[String],
+    ) -> Result<LdapContext, String> {
         let mut admin_keys = Vec::new();
         for dn in admin_dns {
             let parsed = crate::directory::dn::Dn::parse(dn).map_err(|e| e.to_string())?;
             admin_keys.push(dir.schema().dn_key(&parsed).map_err(|e| e.to_string())?);
         }
-        Ok(LdapContext { dir, config, admin_keys })
+        Ok(LdapContext {
+            dir,
+            config,
+            admin_keys,
+        })
     }
 
     /// Apply a write through the node's write path: durable when this returns `Ok`.
@@ -78,13 +87,19 @@ impl LdapContext {
         let dir = self.dir.clone();
         match tokio::task::spawn_blocking(move || dir.apply(&cmd)).await {
             Ok(r) => r,
-            Err(e) => Err(DirError::UnwillingToPerform(format!("write task failed: {e}"))),
+            Err(e) => Err(DirError::UnwillingToPerform(format!(
+                "write task failed: {e}"
+            ))),
         }
     }
 }
 
 /// Serve LDAP on a bound listener until `shutdown` turns true.
-pub async fn serve(ctx: Arc<LdapContext>, listener: TcpListener, mut shutdown: watch::Receiver<bool>) {
+pub async fn serve(
+    ctx: Arc<LdapContext>,
+    listener: TcpListener,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let slots = Arc::new(Semaphore::new(ctx.config.max_connections));
     let mut next_session = 0u64;
     loop {
@@ -110,12 +125,13 @@ pub async fn serve(ctx: Arc<LdapContext>, listener: TcpListener, mut shutdown: w
         let ctx = ctx.clone();
         let shutdown = shutdown.clone();
         let id = next_session;
-        tokio::spawn(async move {
-            let span = tracing::info_span!("ldap", session = id, %peer);
-            let _enter = span.enter();
-            drop(_enter);
-            session::run(ctx, stream, peer, shutdown).await;
-            drop(permit);
-        });
+        let span = tracing::info_span!("ldap", session = id, %peer);
+        tokio::spawn(
+            async move {
+                session::run(ctx, stream, peer, shutdown).await;
+                drop(permit);
+            }
+            .instrument(span),
+        );
     }
 }

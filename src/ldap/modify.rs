@@ -22,12 +22,22 @@ fn op_of(op: ChangeOperation) -> ChangeOp {
 pub async fn handle(ctx: &LdapContext, who: &Identity, reply: &Reply, req: ModifyRequest) {
     let mut changes = Vec::with_capacity(req.changes.len());
     for c in req.changes {
-        let mut values: Vec<Vec<u8>> = c.modification.vals.into_vec().into_iter().map(|v| v.to_vec()).collect();
+        let mut values: Vec<Vec<u8>> = c
+            .modification
+            .vals
+            .into_vec()
+            .into_iter()
+            .map(|v| v.to_vec())
+            .collect();
         let op = op_of(c.operation);
         if op != ChangeOp::Delete {
             hash_clear_passwords(&c.modification.r#type, &mut values);
         }
-        changes.push(Change { op, attr: c.modification.r#type.0, values });
+        changes.push(Change {
+            op,
+            attr: c.modification.r#type.0,
+            values,
+        });
     }
     handle_changes(ctx, who, reply, req.object.0, changes).await;
 }
@@ -41,8 +51,15 @@ pub fn may_modify(ctx: &LdapContext, who: &Identity, dn: &str, changes: &[Change
         return false;
     }
     let schema = ctx.dir.schema();
-    let own = Dn::parse(dn).ok().and_then(|d| schema.dn_key(&d).ok()).is_some_and(|k| k == who.key);
-    own && changes.iter().all(|c| schema.attr(&c.attr).is_some_and(|a| a.name().eq_ignore_ascii_case("userPassword")))
+    let own = Dn::parse(dn)
+        .ok()
+        .and_then(|d| schema.dn_key(&d).ok())
+        .is_some_and(|k| k == who.key);
+    own && changes.iter().all(|c| {
+        schema
+            .attr(&c.attr)
+            .is_some_and(|a| a.name().eq_ignore_ascii_case("userPassword"))
+    })
 }
 
 mod wire {
@@ -79,7 +96,9 @@ pub type ModifyWithIncrement = (u32, Vec<rasn_ldap::Control>, String, Vec<Change
 
 /// Decode a frame that rasn-ldap refused as a modify request carrying `increment`.
 pub fn decode_with_increment(frame: &[u8]) -> Option<ModifyWithIncrement> {
-    let msg = std::panic::catch_unwind(|| rasn::ber::decode::<wire::Message>(frame)).ok()?.ok()?;
+    let msg = std::panic::catch_unwind(|| rasn::ber::decode::<wire::Message>(frame))
+        .ok()?
+        .ok()?;
     let mut changes = Vec::new();
     for item in msg.op.changes {
         let op = match i64::try_from(&item.operation).ok()? {
@@ -89,24 +108,58 @@ pub fn decode_with_increment(frame: &[u8]) -> Option<ModifyWithIncrement> {
             3 => ChangeOp::Increment,
             _ => return None,
         };
-        let mut values: Vec<Vec<u8>> = item.modification.vals.into_vec().into_iter().map(|v| v.to_vec()).collect();
+        let mut values: Vec<Vec<u8>> = item
+            .modification
+            .vals
+            .into_vec()
+            .into_iter()
+            .map(|v| v.to_vec())
+            .collect();
         if matches!(op, ChangeOp::Add | ChangeOp::Replace) {
             hash_clear_passwords(&item.modification.r#type, &mut values);
         }
-        changes.push(Change { op, attr: item.modification.r#type.0, values });
+        changes.push(Change {
+            op,
+            attr: item.modification.r#type.0,
+            values,
+        });
     }
-    Some((msg.message_id, msg.controls.unwrap_or_default(), msg.op.object.0, changes))
+    Some((
+        msg.message_id,
+        msg.controls.unwrap_or_default(),
+        msg.op.object.0,
+        changes,
+    ))
 }
 
 /// Apply a modify decoded by [`decode_with_increment`].
-pub async fn handle_changes(ctx: &LdapContext, who: &Identity, reply: &Reply, dn: String, changes: Vec<Change>) {
+pub async fn handle_changes(
+    ctx: &LdapContext,
+    who: &Identity,
+    reply: &Reply,
+    dn: String,
+    changes: Vec<Change>,
+) {
     let result = if !may_modify(ctx, who, &dn, &changes) {
-        codec::result(ResultCode::InsufficientAccessRights, "", "insufficient access")
+        codec::result(
+            ResultCode::InsufficientAccessRights,
+            "",
+            "insufficient access",
+        )
     } else {
-        match ctx.write(DirectoryCommand::Modify { dn, changes, meta: WriteMeta::now(&who.dn) }).await {
+        match ctx
+            .write(DirectoryCommand::Modify {
+                dn,
+                changes,
+                meta: WriteMeta::now(&who.dn),
+            })
+            .await
+        {
             Ok(()) => codec::result(ResultCode::Success, "", ""),
             Err(e) => result_of(&e),
         }
     };
-    reply.send(ProtocolOp::ModifyResponse(ModifyResponse(result)), None).await;
+    reply
+        .send(ProtocolOp::ModifyResponse(ModifyResponse(result)), None)
+        .await;
 }

@@ -10,7 +10,11 @@ use crate::directory::{DirectoryCommand, WriteMeta};
 /// Handle a modify DN request.
 pub async fn handle(ctx: &LdapContext, who: &Identity, reply: &Reply, req: ModifyDnRequest) {
     let result = if !who.admin {
-        codec::result(ResultCode::InsufficientAccessRights, "", "insufficient access")
+        codec::result(
+            ResultCode::InsufficientAccessRights,
+            "",
+            "insufficient access",
+        )
     } else {
         let cmd = DirectoryCommand::ModifyDn {
             dn: req.entry.0,
@@ -24,5 +28,7 @@ pub async fn handle(ctx: &LdapContext, who: &Identity, reply: &Reply, req: Modif
             Err(e) => result_of(&e),
         }
     };
-    reply.send(ProtocolOp::ModDnResponse(ModifyDnResponse(result)), None).await;
+    reply
+        .send(ProtocolOp::ModDnResponse(ModifyDnResponse(result)), None)
+        .await;
 }

@@ -5,7 +5,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rasn::types::{OctetString, SetOf};
-use rasn_ldap::{Control, PartialAttribute, ProtocolOp, ResultCode, SearchRequest, SearchRequestScope, SearchResultDone, SearchResultEntry};
+use rasn_ldap::{
+    Control, PartialAttribute, ProtocolOp, ResultCode, SearchRequest, SearchRequestScope,
+    SearchResultDone, SearchResultEntry,
+};
 
 use super::controls;
 use super::error::result_of;
@@ -30,7 +33,12 @@ pub struct Selection {
 impl Selection {
     /// From the request's attribute list (RFC 4511 section 4.5.1.8).
     pub fn new(schema: &Schema, attrs: &[String], types_only: bool) -> Selection {
-        let mut s = Selection { all_user: attrs.is_empty(), all_operational: false, named: Vec::new(), types_only };
+        let mut s = Selection {
+            all_user: attrs.is_empty(),
+            all_operational: false,
+            named: Vec::new(),
+            types_only,
+        };
         for a in attrs {
             match a.as_str() {
                 "*" => s.all_user = true,
@@ -47,7 +55,9 @@ impl Selection {
     }
 
     fn wants(&self, schema: &Schema, name: &str) -> bool {
-        let Some(at) = schema.attr(name) else { return false };
+        let Some(at) = schema.attr(name) else {
+            return false;
+        };
         if at.is_operational() {
             if self.all_operational {
                 return true;
@@ -55,13 +65,22 @@ impl Selection {
         } else if self.all_user {
             return true;
         }
-        self.named.iter().any(|oid| schema.attr(oid).is_some_and(|want| schema.is_subtype(at, want)))
+        self.named.iter().any(|oid| {
+            schema
+                .attr(oid)
+                .is_some_and(|want| schema.is_subtype(at, want))
+        })
     }
 }
 
 /// Render an entry for a client: selected attributes only, `userPassword` only for
 /// administrators.
-pub fn render(schema: &Schema, who: &Identity, e: &StoredEntry, sel: &Selection) -> SearchResultEntry {
+pub fn render(
+    schema: &Schema,
+    who: &Identity,
+    e: &StoredEntry,
+    sel: &Selection,
+) -> SearchResultEntry {
     let mut attrs = Vec::new();
     for a in &e.attrs {
         if !sel.wants(schema, &a.name) {
@@ -70,10 +89,29 @@ pub fn render(schema: &Schema, who: &Identity, e: &StoredEntry, sel: &Selection)
         if a.name.eq_ignore_ascii_case("userPassword") && !who.admin {
             continue;
         }
-        let vals: Vec<OctetString> = if sel.types_only { Vec::new() } else { a.values.iter().map(|v| OctetString::from(v.clone())).collect() };
-        attrs.push(PartialAttribute::new(a.name.as_str().into(), SetOf::from_vec(vals)));
+        let vals: Vec<OctetString> = if sel.types_only {
+            Vec::new()
+        } else {
+            a.values
+                .iter()
+                .map(|v| OctetString::from(v.clone()))
+                .collect()
+        };
+        attrs.push(PartialAttribute::new(
+            a.name.as_str().into(),
+            SetOf::from_vec(vals),
+        ));
     }
     SearchResultEntry::new(e.dn.as_str().into(), attrs)
+}
+
+/// Attributes a caller may not read, so filters may not test them either.
+fn hidden_for(who: &Identity) -> &'static [&'static str] {
+    if who.admin {
+        &[]
+    } else {
+        &["userPassword"]
+    }
 }
 
 /// A paged search in progress: the ids still to send.
@@ -90,11 +128,20 @@ fn done(code: ResultCode, message: &str) -> ProtocolOp {
 }
 
 /// Handle a search request.
-pub async fn handle(ctx: &Arc<LdapContext>, who: &Identity, state: &Arc<SessionState>, reply: &Reply, req: SearchRequest, ctrls: &[Control]) {
+pub async fn handle(
+    ctx: &Arc<LdapContext>,
+    who: &Identity,
+    state: &Arc<SessionState>,
+    reply: &Reply,
+    req: SearchRequest,
+    ctrls: &[Control],
+) {
     let filter = match filter_wire::from_wire(&req.filter) {
         Ok(f) => f,
         Err(e) => {
-            reply.send(done(ResultCode::ProtocolError, &e.to_string()), None).await;
+            reply
+                .send(done(ResultCode::ProtocolError, &e.to_string()), None)
+                .await;
             return;
         }
     };
@@ -111,14 +158,30 @@ pub async fn handle(ctx: &Arc<LdapContext>, who: &Identity, state: &Arc<SessionS
     // The Root DSE and the subschema subentry are served from memory.
     if let Some(entry) = rootdse::special_entry(ctx, &base, scope) {
         if crate::directory::eval::matches(&schema, &filter, &entry) {
-            reply.send(ProtocolOp::SearchResEntry(render(&schema, &Identity { admin: true, ..who.clone() }, &entry, &sel)), None).await;
+            reply
+                .send(
+                    ProtocolOp::SearchResEntry(render(
+                        &schema,
+                        &Identity {
+                            admin: true,
+                            ..who.clone()
+                        },
+                        &entry,
+                        &sel,
+                    )),
+                    None,
+                )
+                .await;
         }
         reply.send(done(ResultCode::Success, ""), None).await;
         return;
     }
 
     let mut size_limit = req.size_limit as usize;
-    if !who.admin && ctx.config.size_limit > 0 && (size_limit == 0 || size_limit > ctx.config.size_limit) {
+    if !who.admin
+        && ctx.config.size_limit > 0
+        && (size_limit == 0 || size_limit > ctx.config.size_limit)
+    {
         size_limit = ctx.config.size_limit;
     }
     let mut time_limit = Duration::from_secs(req.time_limit as u64);
@@ -129,16 +192,42 @@ pub async fn handle(ctx: &Arc<LdapContext>, who: &Identity, state: &Arc<SessionS
     let deadline = (!time_limit.is_zero()).then(|| Instant::now() + time_limit);
 
     match controls::paged_request(ctrls) {
-        Some(Ok((page, cookie))) => paged(ctx, who, state, reply, base, scope, filter, sel, page, cookie, size_limit, deadline).await,
-        Some(Err(msg)) => reply.send(done(ResultCode::ProtocolError, &msg), None).await,
+        Some(Ok((page, cookie))) => {
+            paged(
+                ctx, who, state, reply, base, scope, filter, sel, page, cookie, size_limit,
+                deadline,
+            )
+            .await
+        }
+        Some(Err(msg)) => {
+            reply
+                .send(done(ResultCode::ProtocolError, &msg), None)
+                .await
+        }
         None => {
             let dir = ctx.dir.clone();
             let who = who.clone();
             let r = reply.clone();
             let outcome = tokio::task::spawn_blocking(move || {
                 let view = dir.view()?;
-                let req = directory::SearchRequest { base: &base, scope, filter: &filter, size_limit, deadline };
-                view.search(&req, |_, e| r.send_blocking(ProtocolOp::SearchResEntry(render(dir.schema(), &who, &e, &sel))))
+                let hidden = hidden_for(&who);
+                let req = directory::SearchRequest {
+                    base: &base,
+                    scope,
+                    filter: &filter,
+                    size_limit,
+                    deadline,
+                    hidden,
+                    viewer_key: &who.key,
+                };
+                view.search(&req, |_, e| {
+                    r.send_blocking(ProtocolOp::SearchResEntry(render(
+                        dir.schema(),
+                        &who,
+                        &e,
+                        &sel,
+                    )))
+                })
             })
             .await;
             finish(reply, outcome, None).await;
@@ -146,7 +235,11 @@ pub async fn handle(ctx: &Arc<LdapContext>, who: &Identity, state: &Arc<SessionS
     }
 }
 
-async fn finish(reply: &Reply, outcome: Result<Result<directory::SearchEnd, DirError>, tokio::task::JoinError>, ctrls: Option<Vec<Control>>) {
+async fn finish(
+    reply: &Reply,
+    outcome: Result<Result<directory::SearchEnd, DirError>, tokio::task::JoinError>,
+    ctrls: Option<Vec<Control>>,
+) {
     if reply.is_cancelled() {
         return;
     }
@@ -155,7 +248,9 @@ async fn finish(reply: &Reply, outcome: Result<Result<directory::SearchEnd, DirE
         Ok(Err(e)) => result_of(&e),
         Err(_) => codec::result(ResultCode::Other, "", "search failed"),
     };
-    reply.send(ProtocolOp::SearchResDone(SearchResultDone(result)), ctrls).await;
+    reply
+        .send(ProtocolOp::SearchResDone(SearchResultDone(result)), ctrls)
+        .await;
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -178,14 +273,28 @@ async fn paged(
     let mut search = if cookie.is_empty() {
         if page == 0 {
             // Size 0 with no cookie: the client only wants the estimate; we give none.
-            reply.send(done(ResultCode::Success, ""), Some(vec![controls::paged_response(0, b"")])).await;
+            reply
+                .send(
+                    done(ResultCode::Success, ""),
+                    Some(vec![controls::paged_response(0, b"")]),
+                )
+                .await;
             return;
         }
         let (b, f) = (base.clone(), filter.clone());
+        let who = who.clone();
         let ids = tokio::task::spawn_blocking(move || {
             let view = dir.view()?;
             let mut ids = Vec::new();
-            let req = directory::SearchRequest { base: &b, scope, filter: &f, size_limit, deadline };
+            let req = directory::SearchRequest {
+                base: &b,
+                scope,
+                filter: &f,
+                size_limit,
+                deadline,
+                hidden: hidden_for(&who),
+                viewer_key: &who.key,
+            };
             match view.search(&req, |id, _| {
                 ids.push(id);
                 true
@@ -198,28 +307,54 @@ async fn paged(
         let ids = match ids {
             Ok(Ok(ids)) => ids,
             other => {
-                finish(reply, other.map(|r| r.map(|_| directory::SearchEnd::Complete)), None).await;
+                finish(
+                    reply,
+                    other.map(|r| r.map(|_| directory::SearchEnd::Complete)),
+                    None,
+                )
+                .await;
                 return;
             }
         };
-        PagedSearch { base, filter, scope, total: ids.len(), remaining: ids.into() }
+        PagedSearch {
+            base,
+            filter,
+            scope,
+            total: ids.len(),
+            remaining: ids.into(),
+        }
     } else {
         let key = u64::from_be_bytes(cookie.as_slice().try_into().unwrap_or([0; 8]));
         let found = state.paged.lock().ok().and_then(|mut p| p.remove(&key));
         match found {
             Some(s) if s.base == base && s.filter == filter && s.scope == scope => s,
             _ => {
-                reply.send(done(ResultCode::UnwillingToPerform, "unknown or stale paged results cookie"), None).await;
+                reply
+                    .send(
+                        done(
+                            ResultCode::UnwillingToPerform,
+                            "unknown or stale paged results cookie",
+                        ),
+                        None,
+                    )
+                    .await;
                 return;
             }
         }
     };
     if page == 0 {
         // Size 0 with a cookie abandons the paged search.
-        reply.send(done(ResultCode::Success, ""), Some(vec![controls::paged_response(0, b"")])).await;
+        reply
+            .send(
+                done(ResultCode::Success, ""),
+                Some(vec![controls::paged_response(0, b"")]),
+            )
+            .await;
         return;
     }
-    let take: Vec<u64> = (0..page).map_while(|_| search.remaining.pop_front()).collect();
+    let take: Vec<u64> = (0..page)
+        .map_while(|_| search.remaining.pop_front())
+        .collect();
     let dir = ctx.dir.clone();
     let who2 = who.clone();
     let r = reply.clone();
@@ -229,7 +364,22 @@ async fn paged(
         for id in take {
             // Entries changed since the first page are checked again.
             if let Some(e) = view.entry(id)? {
-                if crate::directory::eval::matches(dir.schema(), &f, &e) && !r.send_blocking(ProtocolOp::SearchResEntry(render(dir.schema(), &who2, &e, &sel))) {
+                let mut seen = e.clone();
+                if !who2.admin && seen.key != who2.key {
+                    seen.attrs.retain(|a| {
+                        !hidden_for(&who2)
+                            .iter()
+                            .any(|h| h.eq_ignore_ascii_case(&a.name))
+                    });
+                }
+                if crate::directory::eval::matches(dir.schema(), &f, &seen)
+                    && !r.send_blocking(ProtocolOp::SearchResEntry(render(
+                        dir.schema(),
+                        &who2,
+                        &e,
+                        &sel,
+                    )))
+                {
                     return Ok(directory::SearchEnd::Stopped);
                 }
             }
@@ -255,5 +405,10 @@ async fn paged(
         }
         key.to_be_bytes().to_vec()
     };
-    finish(reply, sent, Some(vec![controls::paged_response(total, &next_cookie)])).await;
+    finish(
+        reply,
+        sent,
+        Some(vec![controls::paged_response(total, &next_cookie)]),
+    )
+    .await;
 }

@@ -43,7 +43,9 @@ impl Reply {
         if self.cancelled.load(Ordering::Relaxed) {
             return false;
         }
-        self.tx.blocking_send(codec::encode(&LdapMessage::new(self.id, op))).is_ok()
+        self.tx
+            .blocking_send(codec::encode(&LdapMessage::new(self.id, op)))
+            .is_ok()
     }
 
     /// True when the client abandoned the operation.
@@ -70,8 +72,12 @@ pub async fn refuse_busy(mut stream: TcpStream, _ctx: &LdapContext) {
 
 /// Serve one connection until the client unbinds or disconnects, a protocol error
 /// occurs, or the node shuts down.
-pub async fn run<S>(ctx: Arc<LdapContext>, stream: S, peer: SocketAddr, mut shutdown: watch::Receiver<bool>)
-where
+pub async fn run<S>(
+    ctx: Arc<LdapContext>,
+    stream: S,
+    peer: SocketAddr,
+    mut shutdown: watch::Receiver<bool>,
+) where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
     let (mut rd, mut wr) = tokio::io::split(stream);
@@ -108,10 +114,23 @@ where
                     Some((id, ctrls, dn, changes)) if id != 0 => {
                         buf.drain(..n);
                         let cancelled = Arc::new(AtomicBool::new(false));
-                        let reply = Reply { id, tx: tx.clone(), cancelled: cancelled.clone() };
-                        let probe = ProtocolOp::ModifyRequest(rasn_ldap::ModifyRequest { object: dn.as_str().into(), changes: Vec::new() });
+                        let reply = Reply {
+                            id,
+                            tx: tx.clone(),
+                            cancelled: cancelled.clone(),
+                        };
+                        let probe = ProtocolOp::ModifyRequest(rasn_ldap::ModifyRequest {
+                            object: dn.as_str().into(),
+                            changes: Vec::new(),
+                        });
                         if let Some(bad) = controls::unknown_critical(&ctrls, &probe) {
-                            super::error::reject(&reply, &probe, ResultCode::UnavailableCriticalExtension, &format!("critical control {bad} is not supported")).await;
+                            super::error::reject(
+                                &reply,
+                                &probe,
+                                ResultCode::UnavailableCriticalExtension,
+                                &format!("critical control {bad} is not supported"),
+                            )
+                            .await;
                             continue;
                         }
                         outstanding.insert(id, cancelled);
@@ -135,7 +154,12 @@ where
                 }
             }
             if msg.message_id == 0 {
-                protocol_error(&tx, &CodecError::Malformed("message id 0 is reserved".into()), peer).await;
+                protocol_error(
+                    &tx,
+                    &CodecError::Malformed("message id 0 is reserved".into()),
+                    peer,
+                )
+                .await;
                 break 'conn;
             }
             // Back-pressure: at most max_outstanding operations at once.
@@ -146,11 +170,21 @@ where
             }
             let id = msg.message_id;
             let cancelled = Arc::new(AtomicBool::new(false));
-            let reply = Reply { id, tx: tx.clone(), cancelled: cancelled.clone() };
+            let reply = Reply {
+                id,
+                tx: tx.clone(),
+                cancelled: cancelled.clone(),
+            };
             // A critical control we do not know fails the request (RFC 4511 section 4.1.11).
             let ctrls = msg.controls.clone().unwrap_or_default();
             if let Some(bad) = controls::unknown_critical(&ctrls, &msg.protocol_op) {
-                super::error::reject(&reply, &msg.protocol_op, ResultCode::UnavailableCriticalExtension, &format!("critical control {bad} is not supported")).await;
+                super::error::reject(
+                    &reply,
+                    &msg.protocol_op,
+                    ResultCode::UnavailableCriticalExtension,
+                    &format!("critical control {bad} is not supported"),
+                )
+                .await;
                 continue;
             }
             match msg.protocol_op {
@@ -173,7 +207,12 @@ where
                 ProtocolOp::ExtendedReq(req) if extended::is_start_tls(&req) => {
                     reply
                         .send(
-                            ProtocolOp::ExtendedResp(extended::response(ResultCode::ProtocolError, "StartTLS is not available on this listener", None, None)),
+                            ProtocolOp::ExtendedResp(extended::response(
+                                ResultCode::ProtocolError,
+                                "StartTLS is not available on this listener",
+                                None,
+                                None,
+                            )),
                             None,
                         )
                         .await;
@@ -225,13 +264,27 @@ where
 
 async fn protocol_error(tx: &mpsc::Sender<Vec<u8>>, e: &CodecError, peer: SocketAddr) {
     tracing::info!(%peer, error = %e, "closing connection after a protocol error");
-    let _ = tx.send(codec::notice_of_disconnection(ResultCode::ProtocolError, &e.to_string())).await;
+    let _ = tx
+        .send(codec::notice_of_disconnection(
+            ResultCode::ProtocolError,
+            &e.to_string(),
+        ))
+        .await;
 }
 
 /// Run one operation (not bind, unbind or abandon).
-pub async fn dispatch(ctx: &Arc<LdapContext>, who: &Identity, state: &Arc<SessionState>, reply: &Reply, op: ProtocolOp, ctrls: Vec<Control>) {
+pub async fn dispatch(
+    ctx: &Arc<LdapContext>,
+    who: &Identity,
+    state: &Arc<SessionState>,
+    reply: &Reply,
+    op: ProtocolOp,
+    ctrls: Vec<Control>,
+) {
     match op {
-        ProtocolOp::SearchRequest(req) => super::search::handle(ctx, who, state, reply, req, &ctrls).await,
+        ProtocolOp::SearchRequest(req) => {
+            super::search::handle(ctx, who, state, reply, req, &ctrls).await
+        }
         ProtocolOp::CompareRequest(req) => super::compare::handle(ctx, who, reply, req).await,
         ProtocolOp::AddRequest(req) => super::add::handle(ctx, who, reply, req).await,
         ProtocolOp::ModifyRequest(req) => super::modify::handle(ctx, who, reply, req).await,
@@ -243,7 +296,15 @@ pub async fn dispatch(ctx: &Arc<LdapContext>, who: &Identity, state: &Arc<Sessio
             // section 4.1.1 allows, with a protocol error on an ExtendedResponse.
             tracing::debug!(op = ?std::mem::discriminant(&other), "unexpected PDU from client");
             reply
-                .send(ProtocolOp::ExtendedResp(extended::response(ResultCode::ProtocolError, "unexpected PDU", None, None)), None)
+                .send(
+                    ProtocolOp::ExtendedResp(extended::response(
+                        ResultCode::ProtocolError,
+                        "unexpected PDU",
+                        None,
+                        None,
+                    )),
+                    None,
+                )
                 .await;
         }
     }

@@ -158,7 +158,12 @@ impl Node {
 
     fn spawn(&mut self) {
         let bin = env!("CARGO_BIN_EXE_pigeonair");
-        let data = self.data_dir.path().to_str().expect("utf-8 temp path").to_string();
+        let data = self
+            .data_dir
+            .path()
+            .to_str()
+            .expect("utf-8 temp path")
+            .to_string();
         let mut child = Command::new(bin)
             .args([
                 "quickstart",
@@ -239,7 +244,11 @@ impl Node {
             } else if let Some(v) = trimmed.strip_prefix("admin:") {
                 admin_dn = Some(v.trim().to_string());
             } else if let Some(v) = trimmed.strip_prefix("password:") {
-                assert_eq!(v.trim(), self.admin_pw, "printed admin password: {banner:#?}");
+                assert_eq!(
+                    v.trim(),
+                    self.admin_pw,
+                    "printed admin password: {banner:#?}"
+                );
             } else if let Some(v) = trimmed.strip_prefix("account:") {
                 let words: Vec<&str> = v.split_whitespace().collect();
                 match words.as_slice() {
@@ -281,7 +290,10 @@ impl Node {
             self.accounts = accounts;
         }
         assert_eq!(self.suffix, "dc=pigeonair", "banner: {banner:#?}");
-        assert_eq!(self.admin_dn, "cn=admin,ou=system,dc=pigeonair", "banner: {banner:#?}");
+        assert_eq!(
+            self.admin_dn, "cn=admin,ou=system,dc=pigeonair",
+            "banner: {banner:#?}"
+        );
     }
 
     fn startup_failed(&mut self, banner: &[String], why: &str) -> ! {
@@ -305,7 +317,13 @@ impl Drop for Node {
         let running = self.is_running();
         self.kill9();
         if thread::panicking() {
-            let stdout = self.stdout_tail.lock().unwrap().iter().cloned().collect::<Vec<_>>();
+            let stdout = self
+                .stdout_tail
+                .lock()
+                .unwrap()
+                .iter()
+                .cloned()
+                .collect::<Vec<_>>();
             eprintln!(
                 "--- node {} (was running: {running}) stdout (last lines) ---\n{}\n--- stderr (last lines) ---\n{}",
                 self.url,
@@ -521,7 +539,11 @@ impl LdifEntry {
 
     /// The attribute names present, lower-cased, without duplicates.
     pub fn names(&self) -> Vec<String> {
-        let mut n: Vec<String> = self.attrs.iter().map(|(a, _)| a.to_ascii_lowercase()).collect();
+        let mut n: Vec<String> = self
+            .attrs
+            .iter()
+            .map(|(a, _)| a.to_ascii_lowercase())
+            .collect();
         n.dedup();
         n
     }

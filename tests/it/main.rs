@@ -1,1 +1,12 @@
+//! Integration tests: each test starts a real `pigeonair quickstart` node on an ephemeral
+//! port and talks to it with clients others wrote (ldap-utils, the `ldap3` crate,
+//! Python's `ldap3`) or with raw bytes.
 
+mod harness;
+
+mod bad_input;
+mod durability;
+mod ldap_tools;
+mod ldif_cli;
+mod python_client;
+mod rust_client;

@@ -17,7 +17,10 @@ fn binary() -> PathBuf {
         .expect("cargo build");
     assert!(status.success(), "building pigeonair failed");
     let exe = std::env::current_exe().expect("test executable path");
-    exe.ancestors().nth(2).expect("target dir").join("pigeonair")
+    exe.ancestors()
+        .nth(2)
+        .expect("target dir")
+        .join("pigeonair")
 }
 
 fn start(bin: &Path, config: &Path) -> (Child, String) {
@@ -51,7 +54,15 @@ fn start(bin: &Path, config: &Path) -> (Child, String) {
 }
 
 fn ldap(args: &[&str]) -> std::process::Output {
-    Command::new(args[0]).args(&args[1..]).output().unwrap_or_else(|e| panic!("{} not runnable ({e}): install ldap-utils (.ci/install-deps does)", args[0]))
+    Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "{} not runnable ({e}): install ldap-utils (.ci/install-deps does)",
+                args[0]
+            )
+        })
 }
 
 #[test]
@@ -63,27 +74,81 @@ fn init_run_write_kill_restart() {
     let config = tmp.join("node1.toml");
     std::fs::write(
         &config,
-        format!("[node]\nname = \"node1\"\ndata_dir = \"{}\"\n\n[ldap]\nlisten = [\"127.0.0.1:0\"]\n", tmp.join("data").display()),
+        format!(
+            "[node]\nname = \"node1\"\ndata_dir = \"{}\"\n\n[ldap]\nlisten = [\"127.0.0.1:0\"]\n",
+            tmp.join("data").display()
+        ),
     )
     .unwrap();
-    let out = Command::new(&bin).args(["init", "--admin-password", "pw1", "--config"]).arg(&config).output().unwrap();
-    assert!(out.status.success(), "init: {}", String::from_utf8_lossy(&out.stderr));
-    let again = Command::new(&bin).args(["init", "--admin-password", "pw1", "--config"]).arg(&config).output().unwrap();
-    assert!(!again.status.success(), "a second init must refuse to overwrite the data");
+    let out = Command::new(&bin)
+        .args(["init", "--admin-password", "pw1", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "init: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let again = Command::new(&bin)
+        .args(["init", "--admin-password", "pw1", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(
+        !again.status.success(),
+        "a second init must refuse to overwrite the data"
+    );
 
     let (mut child, url) = start(&bin, &config);
     let admin = "cn=admin,ou=system,dc=pigeonair";
     let ldif = tmp.join("add.ldif");
-    std::fs::write(&ldif, "dn: ou=marker,dc=pigeonair\nobjectClass: organizationalUnit\nou: marker\n").unwrap();
-    let add = ldap(&["ldapadd", "-x", "-H", &url, "-D", admin, "-w", "pw1", "-f", ldif.to_str().unwrap()]);
-    assert!(add.status.success(), "ldapadd: {}", String::from_utf8_lossy(&add.stderr));
+    std::fs::write(
+        &ldif,
+        "dn: ou=marker,dc=pigeonair\nobjectClass: organizationalUnit\nou: marker\n",
+    )
+    .unwrap();
+    let add = ldap(&[
+        "ldapadd",
+        "-x",
+        "-H",
+        &url,
+        "-D",
+        admin,
+        "-w",
+        "pw1",
+        "-f",
+        ldif.to_str().unwrap(),
+    ]);
+    assert!(
+        add.status.success(),
+        "ldapadd: {}",
+        String::from_utf8_lossy(&add.stderr)
+    );
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
 
     let (mut child, url) = start(&bin, &config);
-    let search = ldap(&["ldapsearch", "-x", "-LLL", "-H", &url, "-D", admin, "-w", "pw1", "-b", "dc=pigeonair", "(ou=marker)", "dn"]);
+    let search = ldap(&[
+        "ldapsearch",
+        "-x",
+        "-LLL",
+        "-H",
+        &url,
+        "-D",
+        admin,
+        "-w",
+        "pw1",
+        "-b",
+        "dc=pigeonair",
+        "(ou=marker)",
+        "dn",
+    ]);
     let text = String::from_utf8_lossy(&search.stdout);
-    assert!(text.contains("dn: ou=marker,dc=pigeonair"), "the acknowledged add survived SIGKILL: {text}");
+    assert!(
+        text.contains("dn: ou=marker,dc=pigeonair"),
+        "the acknowledged add survived SIGKILL: {text}"
+    );
     child.kill().unwrap();
     child.wait().unwrap();
     let _ = std::fs::remove_dir_all(&tmp);
