@@ -1,4 +1,5 @@
 //! PigeonAir: a mail cluster whose nodes each carry a replica of an LDAP directory.
+pub mod cluster;
 pub mod config;
 pub mod directory;
 pub mod ldap;

@@ -125,7 +125,9 @@ pub enum DirectoryCommand {
 }
 
 /// Why a directory operation failed; each variant maps to one LDAP result code.
-#[derive(Debug, thiserror::Error)]
+/// Serialisable, so the outcome of a replicated apply can travel back to the node that
+/// took the request.
+#[derive(Debug, Clone, thiserror::Error, Serialize, Deserialize)]
 pub enum DirError {
     /// The entry (or its parent) does not exist (noSuchObject, 32).
     #[error("no such object")]

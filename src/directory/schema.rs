@@ -615,7 +615,7 @@ pub enum SchemaError {
 }
 
 /// Why an entry or a value breaks the schema; each maps to one LDAP result code.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 pub enum Violation {
     /// The attribute type is not defined (undefinedAttributeType, 17).
     #[error("attribute type {0} is not defined")]

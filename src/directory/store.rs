@@ -22,7 +22,7 @@ const INDEX: MultimapTableDefinition<&[u8], u64> = MultimapTableDefinition::new(
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 
 /// A storage failure. The directory maps it to LDAP `other` (80) or `busy`.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error, serde::Serialize, serde::Deserialize)]
 #[error("storage: {0}")]
 pub struct StoreError(pub String);
 
