@@ -17,6 +17,49 @@ pub struct Config {
     pub directory: DirectoryConfig,
     /// The LDAP front end.
     pub ldap: LdapConfig,
+    /// The cluster port and Raft timing.
+    pub cluster: ClusterConfig,
+}
+
+/// The cluster port and Raft timing (local to the node).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// Where the cluster port listens.
+    pub listen: SocketAddr,
+    /// The `host:port` other nodes use to reach this one (default: `listen`).
+    pub advertise: Option<String>,
+    /// Leader heartbeat interval, in milliseconds.
+    pub heartbeat_ms: u64,
+    /// Election timeout range, in milliseconds.
+    pub election_timeout_min_ms: u64,
+    /// Upper end of the election timeout range.
+    pub election_timeout_max_ms: u64,
+    /// How long a write waits for a leader before failing with `unavailable`.
+    pub write_timeout_ms: u64,
+    /// Take a snapshot after this many log entries, and purge the log behind it.
+    pub snapshot_every: u64,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            listen: "127.0.0.1:7400".parse().expect("a valid literal address"),
+            advertise: None,
+            heartbeat_ms: 100,
+            election_timeout_min_ms: 300,
+            election_timeout_max_ms: 600,
+            write_timeout_ms: 5000,
+            snapshot_every: 5000,
+        }
+    }
+}
+
+impl ClusterConfig {
+    /// The address other nodes use to reach this one.
+    pub fn advertised(&self) -> String {
+        self.advertise.clone().unwrap_or_else(|| self.listen.to_string())
+    }
 }
 
 /// Local settings of this node.
@@ -67,6 +110,7 @@ impl Default for Config {
             node: NodeConfig::default(),
             directory: DirectoryConfig::default(),
             ldap: LdapConfig::default(),
+            cluster: ClusterConfig::default(),
         }
     }
 }
@@ -166,6 +210,13 @@ impl Config {
         }
         if self.ldap.max_outstanding == 0 {
             problems.push("ldap.max_outstanding must be at least 1".into());
+        }
+        let c = &self.cluster;
+        if c.heartbeat_ms == 0 || c.election_timeout_min_ms <= c.heartbeat_ms || c.election_timeout_max_ms <= c.election_timeout_min_ms {
+            problems.push("cluster: need 0 < heartbeat_ms < election_timeout_min_ms < election_timeout_max_ms".into());
+        }
+        if c.snapshot_every < 10 {
+            problems.push("cluster.snapshot_every must be at least 10".into());
         }
         if problems.is_empty() {
             Ok(())

@@ -43,8 +43,10 @@ impl Node {
     pub async fn start(config: &Config) -> Result<Node, String> {
         let directory = Arc::new(open_directory(config)?);
         let (shutdown, rx) = watch::channel(false);
+        let writes = Arc::new(crate::directory::LocalWrites(directory.clone()));
         let ctx = Arc::new(LdapContext::new(
             directory.clone(),
+            writes,
             config.ldap.clone(),
             &[config.admin_dn()],
         )?);

@@ -8,4 +8,7 @@
 //! - `pki`: the cluster CA and node certificates; `transport`: framed TLS connections;
 //! - `network`: openraft's network over the transport.
 
+pub mod join;
+pub mod log_store;
+pub mod state_machine;
 pub mod types;

@@ -159,6 +159,9 @@ pub enum DirError {
     /// The request is valid but will not be done (unwillingToPerform, 53).
     #[error("{0}")]
     UnwillingToPerform(String),
+    /// No leader could take the write in time (unavailable, 52); nothing was applied.
+    #[error("{0}")]
+    Unavailable(String),
     /// The size limit was reached (sizeLimitExceeded, 4).
     #[error("size limit exceeded")]
     SizeLimit,
@@ -957,6 +960,29 @@ impl Directory {
 
 fn parse_int(v: &[u8]) -> Option<i128> {
     std::str::from_utf8(v).ok()?.trim().parse().ok()
+}
+
+/// The path a node's writes take: straight to the local directory, or through the
+/// replicated log. `Ok` means durable (for the cluster: on a majority's disks) and
+/// applied on this node's replica, so the caller reads its own write.
+pub trait WritePath: Send + Sync + 'static {
+    /// Submit one command.
+    fn write(&self, cmd: DirectoryCommand) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), DirError>> + Send + '_>>;
+}
+
+/// Writes applied to a directory that is not replicated (tools and tests).
+pub struct LocalWrites(pub Arc<Directory>);
+
+impl WritePath for LocalWrites {
+    fn write(&self, cmd: DirectoryCommand) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), DirError>> + Send + '_>> {
+        let dir = self.0.clone();
+        Box::pin(async move {
+            match tokio::task::spawn_blocking(move || dir.apply(&cmd)).await {
+                Ok(r) => r,
+                Err(e) => Err(DirError::UnwillingToPerform(format!("write task failed: {e}"))),
+            }
+        })
+    }
 }
 
 /// Hash every clear-text `userPassword` value (values that already name a scheme, such

@@ -37,6 +37,7 @@ pub fn result_of(e: &DirError) -> LdapResult {
             "",
         ),
         DirError::UnwillingToPerform(_) => (ResultCode::UnwillingToPerform, ""),
+        DirError::Unavailable(_) => (ResultCode::Unavailable, ""),
         DirError::SizeLimit => (ResultCode::SizeLimitExceeded, ""),
         DirError::TimeLimit => (ResultCode::TimeLimitExceeded, ""),
         DirError::Store(s) => {

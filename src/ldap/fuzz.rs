@@ -32,8 +32,10 @@ fn fixture() -> &'static Fixture {
             max_pdu_bytes: 64 * 1024,
             ..LdapConfig::default()
         };
+        let directory = Arc::new(directory);
+        let writes = Arc::new(crate::directory::LocalWrites(directory.clone()));
         let ctx = Arc::new(
-            LdapContext::new(Arc::new(directory), ldap, &[config.admin_dn()]).expect("context"),
+            LdapContext::new(directory, writes, ldap, &[config.admin_dn()]).expect("context"),
         );
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)

@@ -33,7 +33,7 @@ use tokio::sync::{watch, Semaphore};
 use tracing::Instrument;
 
 use crate::config::LdapConfig;
-use crate::directory::{DirError, Directory, DirectoryCommand};
+use crate::directory::{DirError, Directory, DirectoryCommand, WritePath};
 
 /// Who a connection is bound as.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -61,12 +61,15 @@ pub struct LdapContext {
     pub config: LdapConfig,
     /// Normalised keys of the administrator DNs.
     pub admin_keys: Vec<String>,
+    /// Where writes go.
+    pub writes: Arc<dyn WritePath>,
 }
 
 impl LdapContext {
     /// A context for a directory; `admin_dns` are the DNs with full rights.
     pub fn new(
         dir: Arc<Directory>,
+        writes: Arc<dyn WritePath>,
         config: LdapConfig,
         admin_dns: &[String],
     ) -> Result<LdapContext, String> {
@@ -79,18 +82,13 @@ impl LdapContext {
             dir,
             config,
             admin_keys,
+            writes,
         })
     }
 
     /// Apply a write through the node's write path: durable when this returns `Ok`.
     pub async fn write(&self, cmd: DirectoryCommand) -> Result<(), DirError> {
-        let dir = self.dir.clone();
-        match tokio::task::spawn_blocking(move || dir.apply(&cmd)).await {
-            Ok(r) => r,
-            Err(e) => Err(DirError::UnwillingToPerform(format!(
-                "write task failed: {e}"
-            ))),
-        }
+        self.writes.write(cmd).await
     }
 }
 
