@@ -16,7 +16,11 @@ use pigeonair::directory::{
     hash_clear_passwords, Change, ChangeOp, DirectoryCommand, Scope, SearchRequest, WriteMeta,
 };
 use pigeonair::ldif::{self, LdifRecord, ModOp};
-use pigeonair::node::{self, DemoAccount, Node};
+use pigeonair::cluster::admin::{AdminReply, AdminRequest};
+use pigeonair::cluster::pki::PkiFiles;
+use pigeonair::cluster::transport::{Dialer, Service};
+use pigeonair::cluster::Cluster;
+use pigeonair::node::{self, DemoAccount, NewCluster, Node};
 
 #[derive(Parser)]
 #[command(
@@ -42,6 +46,9 @@ enum Command {
         /// The LDAP listener address.
         #[arg(long, default_value = "127.0.0.1:3389")]
         ldap_listen: SocketAddr,
+        /// The cluster port's address.
+        #[arg(long, default_value = "127.0.0.1:7400")]
+        cluster_listen: SocketAddr,
     },
     /// Create a node's configuration (if the file is missing) and its directory.
     Init {
@@ -58,10 +65,95 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Join an existing cluster with a token, then run this node in the foreground.
+    Join {
+        /// The configuration file of the new node.
+        #[arg(long)]
+        config: PathBuf,
+        /// A token from `pigeonair token create`.
+        #[arg(long)]
+        token: String,
+        /// The cluster address of any member (`host:port`).
+        #[arg(long)]
+        peer: String,
+    },
+    /// Join tokens.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+    /// Cluster membership.
+    Node {
+        #[command(subcommand)]
+        command: NodeCommand,
+    },
+    /// Every node of the cluster: role, term, leader, applied index, lag, digest.
+    Status {
+        /// The configuration file of a local node.
+        #[arg(long, default_value = "pigeonair.toml")]
+        config: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a measured failover drill on the live cluster.
+    Drill {
+        /// The configuration file of a local node.
+        #[arg(long, default_value = "pigeonair.toml")]
+        config: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        /// How long to keep writing after the leader change, in seconds.
+        #[arg(long, default_value_t = 3)]
+        settle_secs: u64,
+    },
     /// Import or export the directory as LDIF (the node must be stopped).
     Ldif {
         #[command(subcommand)]
         command: LdifCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Make a join token and print it.
+    Create {
+        /// The configuration file of a local node.
+        #[arg(long, default_value = "pigeonair.toml")]
+        config: PathBuf,
+        /// How long it is valid (`30m`, `1h`, `2d`).
+        #[arg(long, default_value = "1h")]
+        ttl: String,
+        /// How many joins it allows.
+        #[arg(long, default_value_t = 1)]
+        uses: u32,
+    },
+    /// List join tokens.
+    List {
+        /// The configuration file of a local node.
+        #[arg(long, default_value = "pigeonair.toml")]
+        config: PathBuf,
+    },
+    /// Revoke a join token.
+    Revoke {
+        /// The token id (the part after `PA1.`).
+        id: String,
+        /// The configuration file of a local node.
+        #[arg(long, default_value = "pigeonair.toml")]
+        config: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum NodeCommand {
+    /// Take a node out of the cluster's membership.
+    Remove {
+        /// The node id.
+        id: u64,
+        /// The configuration file of a local node.
+        #[arg(long, default_value = "pigeonair.toml")]
+        config: PathBuf,
     },
 }
 
@@ -115,12 +207,47 @@ fn real_main() -> Result<()> {
             data_dir,
             admin_password,
             ldap_listen,
-        } => quickstart(data_dir, admin_password, ldap_listen),
+            cluster_listen,
+        } => quickstart(data_dir, admin_password, ldap_listen, cluster_listen),
         Command::Init {
             config,
             admin_password,
         } => init(&config, admin_password),
         Command::Run { config } => run(&config),
+        Command::Join { config, token, peer } => join(&config, &token, &peer),
+        Command::Token { command: TokenCommand::Create { config, ttl, uses } } => {
+            let ttl_secs = parse_duration(&ttl)?;
+            match admin_call(&config, AdminRequest::CreateToken { ttl_secs, uses })? {
+                AdminReply::Token(t) => {
+                    println!("{t}");
+                    Ok(())
+                }
+                other => bail!("{}", reply_error(other)),
+            }
+        }
+        Command::Token { command: TokenCommand::List { config } } => match admin_call(&config, AdminRequest::ListTokens)? {
+            AdminReply::Tokens(list) => {
+                println!("{:<12} {:<17} {}", "ID", "EXPIRES", "USES");
+                for t in list {
+                    println!("{:<12} {:<17} {}", t.id, t.expires, t.uses);
+                }
+                Ok(())
+            }
+            other => bail!("{}", reply_error(other)),
+        },
+        Command::Token { command: TokenCommand::Revoke { id, config } } => match admin_call(&config, AdminRequest::RevokeToken(id))? {
+            AdminReply::Done => Ok(()),
+            other => bail!("{}", reply_error(other)),
+        },
+        Command::Node { command: NodeCommand::Remove { id, config } } => match admin_call(&config, AdminRequest::RemoveNode(id))? {
+            AdminReply::Done => {
+                println!("node {id} removed");
+                Ok(())
+            }
+            other => bail!("{}", reply_error(other)),
+        },
+        Command::Status { config, json } => status(&config, json),
+        Command::Drill { config, json, settle_secs } => drill(&config, json, settle_secs),
         Command::Ldif {
             command:
                 LdifCommand::Import {
@@ -159,52 +286,48 @@ fn quickstart(
     data_dir: PathBuf,
     admin_password: Option<String>,
     ldap_listen: SocketAddr,
+    cluster_listen: SocketAddr,
 ) -> Result<()> {
     let mut config = Config::default();
     config.node.data_dir = data_dir.clone();
     config.ldap.listen = vec![ldap_listen];
+    config.cluster.listen = cluster_listen;
     let creds_path = data_dir.join("quickstart-credentials.toml");
-    let creds = if node::is_initialised(&data_dir) {
+    let existing = if node::is_initialised(&data_dir) {
         let text = std::fs::read_to_string(&creds_path).with_context(|| {
-            format!(
-                "{} holds data but no {}; use `pigeonair run` for it",
-                data_dir.display(),
-                creds_path.display()
-            )
+            format!("{} holds data but no {}; use `pigeonair run` for it", data_dir.display(), creds_path.display())
         })?;
-        toml::from_str::<QuickstartCredentials>(&text)
-            .context("reading the quickstart credentials")?
+        Some(toml::from_str::<QuickstartCredentials>(&text).context("reading the quickstart credentials")?)
     } else {
-        let dir = node::open_directory(&config).map_err(anyhow::Error::msg)?;
-        let admin_password =
-            admin_password.unwrap_or_else(pigeonair::directory::password::generate);
-        let accounts = node::bootstrap(&dir, &config.admin_dn(), &admin_password, true)
-            .map_err(anyhow::Error::msg)?;
-        let creds = QuickstartCredentials {
-            admin_password,
-            accounts,
-        };
-        write_private(&creds_path, &toml::to_string(&creds)?)?;
-        write_private(&data_dir.join("pigeonair.toml"), &config.to_toml())?;
-        creds
+        None
     };
     let rt = runtime()?;
     rt.block_on(async {
-        let node = Node::start(&config).await.map_err(anyhow::Error::msg)?;
+        let (node, creds) = match existing {
+            Some(creds) => (Node::start(&config, None).await.map_err(anyhow::Error::msg)?.0, creds),
+            None => {
+                let admin_password = admin_password.unwrap_or_else(pigeonair::directory::password::generate);
+                let new = NewCluster { admin_password: admin_password.clone(), demo: true };
+                let (node, accounts) = Node::start(&config, Some(&new)).await.map_err(anyhow::Error::msg)?;
+                let creds = QuickstartCredentials { admin_password, accounts };
+                write_private(&creds_path, &toml::to_string(&creds)?)?;
+                write_private(&data_dir.join("pigeonair.toml"), &config.to_toml())?;
+                (node, creds)
+            }
+        };
         let mut out = std::io::stdout().lock();
         writeln!(out, "PigeonAir quickstart node is up.")?;
         for addr in &node.ldap_addrs {
             writeln!(out, "  ldap:      ldap://{addr}")?;
         }
+        if let Some(addr) = node.cluster.cluster_addr {
+            writeln!(out, "  cluster:   {addr}")?;
+        }
         writeln!(out, "  suffix:    {}", config.directory.suffix)?;
         writeln!(out, "  admin:     {}", config.admin_dn())?;
         writeln!(out, "  password:  {}", creds.admin_password)?;
         for a in &creds.accounts {
-            writeln!(
-                out,
-                "  account:   {} {} password: {}",
-                a.mail, a.dn, a.password
-            )?;
+            writeln!(out, "  account:   {} {} password: {}", a.mail, a.dn, a.password)?;
         }
         writeln!(out, "  data:      {}", data_dir.display())?;
         writeln!(out, "ready")?;
@@ -240,11 +363,17 @@ fn init(config_path: &Path, admin_password: Option<String>) -> Result<()> {
     if node::is_initialised(&config.node.data_dir) {
         bail!("{} is already initialised", config.node.data_dir.display());
     }
-    let dir = node::open_directory(&config).map_err(anyhow::Error::msg)?;
     let generated = admin_password.is_none();
     let password = admin_password.unwrap_or_else(pigeonair::directory::password::generate);
-    node::bootstrap(&dir, &config.admin_dn(), &password, false).map_err(anyhow::Error::msg)?;
-    println!("initialised {}", config.node.data_dir.display());
+    let cluster_id = runtime()?.block_on(async {
+        let dir = std::sync::Arc::new(node::open_directory(&config).map_err(anyhow::Error::msg)?);
+        let new = NewCluster { admin_password: password.clone(), demo: false };
+        let (cluster, _) = node::create_cluster(&config, dir, &new, false).await.map_err(anyhow::Error::msg)?;
+        let id = cluster.cluster_id.clone();
+        cluster.shutdown().await;
+        Ok::<_, anyhow::Error>(id)
+    })?;
+    println!("initialised {} as the first node of cluster {cluster_id}", config.node.data_dir.display());
     println!("  admin:     {}", config.admin_dn());
     if generated {
         println!("  password:  {password}");
@@ -256,21 +385,128 @@ fn run(config_path: &Path) -> Result<()> {
     let config = Config::load(config_path).map_err(anyhow::Error::msg)?;
     if !node::is_initialised(&config.node.data_dir) {
         bail!(
-            "{} is not initialised: run `pigeonair init --config {}` first",
+            "{} is not initialised: run `pigeonair init --config {}` first, or `pigeonair join`",
             config.node.data_dir.display(),
             config_path.display()
         );
     }
+    runtime()?.block_on(serve_node(&config))
+}
+
+async fn serve_node(config: &Config) -> Result<()> {
+    let (node, _) = Node::start(config, None).await.map_err(anyhow::Error::msg)?;
+    for addr in &node.ldap_addrs {
+        println!("ldap: ldap://{addr}");
+    }
+    if let Some(addr) = node.cluster.cluster_addr {
+        println!("cluster: {addr}");
+    }
+    println!("node: {}", node.cluster.node_id);
+    println!("ready");
+    let _ = std::io::stdout().flush();
+    node::wait_for_signal().await;
+    node.shutdown().await;
+    Ok(())
+}
+
+fn join(config_path: &Path, token: &str, peer: &str) -> Result<()> {
+    let config = Config::load(config_path).map_err(anyhow::Error::msg)?;
+    if node::is_initialised(&config.node.data_dir) {
+        bail!("{} already belongs to a cluster; run it with `pigeonair run`", config.node.data_dir.display());
+    }
+    std::fs::create_dir_all(&config.node.data_dir)?;
     runtime()?.block_on(async {
-        let node = Node::start(&config).await.map_err(anyhow::Error::msg)?;
-        for addr in &node.ldap_addrs {
-            println!("ldap: ldap://{addr}");
-        }
-        println!("ready");
-        node::wait_for_signal().await;
-        node.shutdown().await;
-        Ok(())
+        let grant = Cluster::join(&config, token, peer).await.map_err(anyhow::Error::msg)?;
+        println!("joined cluster {} as node {}", grant.cluster_id, grant.node_id);
+        serve_node(&config).await
     })
+}
+
+fn parse_duration(s: &str) -> Result<u64> {
+    let s = s.trim();
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num.parse().with_context(|| format!("bad duration {s:?} (use 30m, 1h, 2d)"))?;
+    let mult = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        other => bail!("bad duration unit {other:?} (use s, m, h or d)"),
+    };
+    Ok(n * mult)
+}
+
+fn reply_error(reply: AdminReply) -> String {
+    match reply {
+        AdminReply::Error(e) => e,
+        other => format!("unexpected reply: {other:?}"),
+    }
+}
+
+/// Send one request to the local node's cluster port with the node's own certificate.
+fn admin_call(config_path: &Path, req: AdminRequest) -> Result<AdminReply> {
+    let config = Config::load(config_path).map_err(anyhow::Error::msg)?;
+    let identity = PkiFiles::new(&config.node.data_dir).load_identity().map_err(|e| anyhow::anyhow!("{e} (run this on a node, with its configuration)"))?;
+    runtime()?.block_on(async {
+        let dialer = Dialer::new(&identity).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let addr = config.cluster.advertised();
+        dialer.call::<_, AdminReply>(&addr, Service::Status, &req).await.map_err(|e| anyhow::anyhow!("cannot reach the node at {addr}: {e}"))
+    })
+}
+
+fn status(config_path: &Path, json: bool) -> Result<()> {
+    let reply = admin_call(config_path, AdminRequest::ClusterStatus)?;
+    let AdminReply::Cluster(members) = reply else { bail!("{}", reply_error(reply)) };
+    if json {
+        let list: Vec<serde_json::Value> = members
+            .iter()
+            .map(|(id, addr, s)| match s {
+                Ok(s) => serde_json::to_value(s).unwrap_or_default(),
+                Err(e) => serde_json::json!({ "id": id, "addr": addr, "error": e }),
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "nodes": list }))?);
+        return Ok(());
+    }
+    let leader_last = members.iter().filter_map(|(_, _, s)| s.as_ref().ok()).find(|s| s.role == "leader").map(|s| s.last_log);
+    println!("{:<4} {:<10} {:<22} {:<10} {:>5} {:>6} {:>8} {:>5}  {}", "ID", "NAME", "ADDRESS", "ROLE", "TERM", "LEADER", "APPLIED", "LAG", "DIGEST");
+    for (id, addr, s) in &members {
+        match s {
+            Ok(s) => {
+                let lag = leader_last.map(|l| l.saturating_sub(s.applied).to_string()).unwrap_or_else(|| "?".into());
+                let leader = s.leader.map(|l| l.to_string()).unwrap_or_else(|| "-".into());
+                println!(
+                    "{:<4} {:<10} {:<22} {:<10} {:>5} {:>6} {:>8} {:>5}  {}",
+                    s.id,
+                    s.name,
+                    s.addr,
+                    s.role,
+                    s.term,
+                    leader,
+                    s.applied,
+                    lag,
+                    &s.digest[..s.digest.len().min(16)]
+                );
+            }
+            Err(e) => println!("{id:<4} {:<10} {addr:<22} unreachable: {e}", "?"),
+        }
+    }
+    Ok(())
+}
+
+fn drill(config_path: &Path, json: bool, settle_secs: u64) -> Result<()> {
+    let config = Config::load(config_path).map_err(anyhow::Error::msg)?;
+    let identity = PkiFiles::new(&config.node.data_dir).load_identity().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let report = runtime()?.block_on(pigeonair::cluster::drill::run(&config, &identity, std::time::Duration::from_secs(settle_secs))).map_err(anyhow::Error::msg)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.to_text());
+    }
+    if report.failed_reads > 0 || !report.digests_agree {
+        bail!("the drill found problems");
+    }
+    Ok(())
 }
 
 fn command_of(record: LdifRecord, actor: &str) -> DirectoryCommand {

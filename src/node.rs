@@ -7,7 +7,10 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::cluster::Cluster;
 use crate::config::Config;
+use crate::directory::dn::Dn;
+use crate::directory::WritePath;
 use crate::directory::schema::Schema;
 use crate::directory::{Directory, DirectorySettings};
 use crate::ldap::{self, LdapContext};
@@ -32,21 +35,57 @@ pub fn open_directory(config: &Config) -> Result<Directory, String> {
 pub struct Node {
     /// The directory replica.
     pub directory: Arc<Directory>,
+    /// This node's membership in the cluster.
+    pub cluster: Arc<Cluster>,
     /// The addresses the LDAP listeners are bound to.
     pub ldap_addrs: Vec<SocketAddr>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
+/// What a brand-new cluster's first node writes (init and quickstart).
+pub struct NewCluster {
+    /// The administrator's password.
+    pub admin_password: String,
+    /// Add the demo domain and accounts.
+    pub demo: bool,
+}
+
+/// Create a cluster in `config.node.data_dir`: its CA, the first node, the base of the
+/// directory (written through the log). Returns the running cluster (without the
+/// cluster port when `serve` is false) and the demo accounts.
+pub async fn create_cluster(
+    config: &Config,
+    directory: Arc<Directory>,
+    new: &NewCluster,
+    serve: bool,
+) -> Result<(Arc<Cluster>, Vec<DemoAccount>), String> {
+    let cluster = Cluster::create(config, directory.clone(), serve).await?;
+    let accounts = bootstrap(
+        &*cluster,
+        directory.suffix(),
+        &cluster.cluster_id,
+        &config.admin_dn(),
+        &new.admin_password,
+        new.demo,
+    )
+    .await?;
+    Ok((cluster, accounts))
+}
+
 impl Node {
-    /// Open storage and start the services.
-    pub async fn start(config: &Config) -> Result<Node, String> {
+    /// Open storage, join the cluster's Raft group and start the services. With `new`,
+    /// first create a cluster whose first node this is.
+    pub async fn start(config: &Config, new: Option<&NewCluster>) -> Result<(Node, Vec<DemoAccount>), String> {
         let directory = Arc::new(open_directory(config)?);
+        let (cluster, accounts) = match new {
+            Some(n) => create_cluster(config, directory.clone(), n, true).await?,
+            None => (Cluster::start(config, directory.clone(), true).await?, Vec::new()),
+        };
         let (shutdown, rx) = watch::channel(false);
-        let writes = Arc::new(crate::directory::LocalWrites(directory.clone()));
         let ctx = Arc::new(LdapContext::new(
             directory.clone(),
-            writes,
+            cluster.clone(),
             config.ldap.clone(),
             &[config.admin_dn()],
         )?);
@@ -59,20 +98,17 @@ impl Node {
             ldap_addrs.push(listener.local_addr().map_err(|e| e.to_string())?);
             tasks.push(tokio::spawn(ldap::serve(ctx.clone(), listener, rx.clone())));
         }
-        Ok(Node {
-            directory,
-            ldap_addrs,
-            shutdown,
-            tasks,
-        })
+        let node = Node { directory, cluster, ldap_addrs, shutdown, tasks };
+        Ok((node, accounts))
     }
 
-    /// Stop accepting, close sessions, wait for the services to end.
+    /// Stop accepting, close sessions, stop Raft.
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
         for t in self.tasks {
             let _ = t.await;
         }
+        self.cluster.shutdown().await;
     }
 }
 
@@ -98,7 +134,7 @@ pub async fn wait_for_signal() {
 
 /// True when a data directory already holds a directory database.
 pub fn is_initialised(data_dir: &Path) -> bool {
-    data_dir.join("directory.redb").exists()
+    data_dir.join("directory.redb").exists() || data_dir.join("cluster-state.toml").exists()
 }
 
 /// An account made by [`bootstrap`] for the demo domain.
@@ -112,7 +148,12 @@ pub struct DemoAccount {
     pub password: String,
 }
 
-fn add(dir: &Directory, admin: &str, dn: String, attrs: &[(&str, &[&str])]) -> Result<(), String> {
+async fn add(
+    writes: &dyn WritePath,
+    admin: &str,
+    dn: String,
+    attrs: &[(&str, &[&str])],
+) -> Result<(), String> {
     use crate::directory::entry::Attribute;
     use crate::directory::{hash_clear_passwords, DirectoryCommand, WriteMeta};
     let attrs = attrs
@@ -126,25 +167,29 @@ fn add(dir: &Directory, admin: &str, dn: String, attrs: &[(&str, &[&str])]) -> R
             }
         })
         .collect();
-    dir.apply(&DirectoryCommand::Add {
-        dn: dn.clone(),
-        attrs,
-        meta: WriteMeta::now(admin),
-    })
-    .map_err(|e| format!("{dn}: {e}"))
+    writes
+        .write(DirectoryCommand::Add {
+            dn: dn.clone(),
+            attrs,
+            meta: WriteMeta::now(admin),
+        })
+        .await
+        .map_err(|e| format!("{dn}: {e}"))
 }
 
-/// Create the base of the tree: the suffix, `ou=domains`, `ou=nodes`, `ou=system` and
-/// the administrator; with `demo`, the domain example.org with alice and bob.
-pub fn bootstrap(
-    dir: &Directory,
+/// Create the base of the tree: the suffix, `ou=domains`, `ou=nodes`, `ou=system` with
+/// `ou=tokens`, the cluster settings entry and the administrator; with `demo`, the
+/// domain example.org with alice and bob.
+pub async fn bootstrap(
+    writes: &dyn WritePath,
+    suffix_dn: &Dn,
+    cluster_id: &str,
     admin_dn: &str,
     admin_password: &str,
     demo: bool,
 ) -> Result<Vec<DemoAccount>, String> {
-    let suffix = dir.suffix().to_string();
-    let first = dir
-        .suffix()
+    let suffix = suffix_dn.to_string();
+    let first = suffix_dn
         .rdn()
         .and_then(|r| r.0.first())
         .ok_or("empty suffix")?;
@@ -161,24 +206,24 @@ pub fn bootstrap(
     };
     let naming = first.attr.clone();
     add(
-        dir,
+        writes,
         admin_dn,
         suffix.clone(),
         &[
             ("objectClass", &top_class),
             (naming.as_str(), &[first_value.as_str()]),
         ],
-    )?;
+    ).await?;
     for ou in ["domains", "nodes", "system"] {
         add(
-            dir,
+            writes,
             admin_dn,
             format!("ou={ou},{suffix}"),
             &[
                 ("objectClass", &["top", "organizationalUnit"]),
                 ("ou", &[ou]),
             ],
-        )?;
+        ).await?;
     }
     let admin = crate::directory::dn::Dn::parse(admin_dn).map_err(|e| e.to_string())?;
     let admin_cn = admin
@@ -187,7 +232,7 @@ pub fn bootstrap(
         .map(|a| String::from_utf8_lossy(&a.value).into_owned())
         .unwrap_or_default();
     add(
-        dir,
+        writes,
         admin_dn,
         admin_dn.to_string(),
         &[
@@ -199,13 +244,33 @@ pub fn bootstrap(
             ("description", &["PigeonAir cluster administrator"]),
             ("userPassword", &[admin_password]),
         ],
-    )?;
+    ).await?;
+    add(
+        writes,
+        admin_dn,
+        format!("ou=tokens,ou=system,{suffix}"),
+        &[("objectClass", &["top", "organizationalUnit"]), ("ou", &["tokens"])],
+    )
+    .await?;
+    let voter_target = format!("voterTarget={}", crate::cluster::member::DEFAULT_VOTER_TARGET);
+    add(
+        writes,
+        admin_dn,
+        format!("cn=cluster,ou=system,{suffix}"),
+        &[
+            ("objectClass", &["top", "applicationProcess", "pigeonairSettings"]),
+            ("cn", &["cluster"]),
+            ("pigeonairClusterId", &[cluster_id]),
+            ("pigeonairSetting", &[voter_target.as_str()]),
+        ],
+    )
+    .await?;
     if !demo {
         return Ok(Vec::new());
     }
     let domain = format!("dc=example.org,ou=domains,{suffix}");
     add(
-        dir,
+        writes,
         admin_dn,
         domain.clone(),
         &[
@@ -213,17 +278,17 @@ pub fn bootstrap(
             ("dc", &["example.org"]),
             ("description", &["Demo domain"]),
         ],
-    )?;
+    ).await?;
     for ou in ["people", "aliases"] {
         add(
-            dir,
+            writes,
             admin_dn,
             format!("ou={ou},{domain}"),
             &[
                 ("objectClass", &["top", "organizationalUnit"]),
                 ("ou", &[ou]),
             ],
-        )?;
+        ).await?;
     }
     let mut accounts = Vec::new();
     for (uid, cn, sn) in [
@@ -234,7 +299,7 @@ pub fn bootstrap(
         let mail = format!("{uid}@example.org");
         let dn = format!("uid={uid},ou=people,{domain}");
         add(
-            dir,
+            writes,
             admin_dn,
             dn.clone(),
             &[
@@ -256,7 +321,7 @@ pub fn bootstrap(
                 ("accountStatus", &["active"]),
                 ("userPassword", &[password.as_str()]),
             ],
-        )?;
+        ).await?;
         accounts.push(DemoAccount { mail, dn, password });
     }
     Ok(accounts)

@@ -8,7 +8,15 @@
 //! - `pki`: the cluster CA and node certificates; `transport`: framed TLS connections;
 //! - `network`: openraft's network over the transport.
 
+pub mod admin;
+pub mod drill;
 pub mod join;
 pub mod log_store;
+pub mod member;
+pub mod network;
+pub mod pki;
 pub mod state_machine;
+pub mod transport;
 pub mod types;
+
+pub use member::Cluster;

@@ -25,23 +25,23 @@ fn fixture() -> &'static Fixture {
         let _ = std::fs::remove_dir_all(&dir);
         let mut config = Config::default();
         config.node.data_dir = dir.clone();
-        let directory = crate::node::open_directory(&config).expect("a fuzz directory opens");
-        crate::node::bootstrap(&directory, &config.admin_dn(), "fuzz", true)
-            .expect("the fuzz directory bootstraps");
-        let ldap = LdapConfig {
-            max_pdu_bytes: 64 * 1024,
-            ..LdapConfig::default()
-        };
-        let directory = Arc::new(directory);
+        let directory = Arc::new(crate::node::open_directory(&config).expect("a fuzz directory opens"));
         let writes = Arc::new(crate::directory::LocalWrites(directory.clone()));
-        let ctx = Arc::new(
-            LdapContext::new(directory, writes, ldap, &[config.admin_dn()]).expect("context"),
-        );
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
             .build()
             .expect("runtime");
+        let suffix = directory.suffix().clone();
+        rt.block_on(crate::node::bootstrap(&*writes, &suffix, "fuzz", &config.admin_dn(), "fuzz", true))
+            .expect("the fuzz directory bootstraps");
+        let ldap = LdapConfig {
+            max_pdu_bytes: 64 * 1024,
+            ..LdapConfig::default()
+        };
+        let ctx = Arc::new(
+            LdapContext::new(directory, writes, ldap, &[config.admin_dn()]).expect("context"),
+        );
         Fixture { rt, ctx, _dir: dir }
     })
 }

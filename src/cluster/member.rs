@@ -1,0 +1,534 @@
+//! This node as a member of the cluster: its Raft instance, its cluster port, and the
+//! write path that sends every directory change through the replicated log.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{ServerState, SnapshotPolicy};
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use super::admin::{self, AdminReply, AdminRequest, NodeStatus};
+use super::join::{self, JoinGrant, JoinReply, JoinRequest};
+use super::log_store::LogStore;
+use super::network::{serve_raft, Network};
+use super::pki::{ClusterCa, PkiFiles};
+use super::state_machine::StateMachine;
+use super::transport::{self, Conn, Dialer, Handler, Service};
+use super::types::{ClusterNode, ClusterRequest, NodeId, Raft};
+use crate::config::Config;
+use crate::directory::entry::Attribute;
+use crate::directory::{DirError, Directory, DirectoryCommand, WriteMeta, WritePath};
+
+/// What a node remembers of its membership (`cluster-state.toml` in its data directory).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct MemberState {
+    /// The cluster's id.
+    pub cluster_id: String,
+    /// This node's id.
+    pub node_id: NodeId,
+}
+
+impl MemberState {
+    fn path(data_dir: &Path) -> PathBuf {
+        data_dir.join("cluster-state.toml")
+    }
+
+    /// Load the state of an initialised or joined node.
+    pub fn load(data_dir: &Path) -> Result<MemberState, String> {
+        let p = Self::path(data_dir);
+        let text = std::fs::read_to_string(&p).map_err(|e| format!("{}: {e} (is this node initialised or joined?)", p.display()))?;
+        toml::from_str(&text).map_err(|e| format!("{}: {e}", p.display()))
+    }
+
+    /// Save it durably.
+    pub fn save(&self, data_dir: &Path) -> Result<(), String> {
+        let p = Self::path(data_dir);
+        let tmp = p.with_extension("tmp");
+        let text = toml::to_string(self).map_err(|e| e.to_string())?;
+        std::fs::write(&tmp, text).map_err(|e| format!("{}: {e}", tmp.display()))?;
+        std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(|e| e.to_string())?;
+        std::fs::rename(&tmp, &p).map_err(|e| format!("{}: {e}", p.display()))
+    }
+}
+
+/// Messages of the write-forwarding service.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum WriteReply {
+    /// Committed and applied on the leader at this log index, with this outcome.
+    Applied {
+        /// The entry's log index.
+        index: u64,
+        /// The directory's result.
+        result: Result<(), DirError>,
+    },
+    /// The receiver is not the leader (and knows this one, if any).
+    NotLeader(Option<String>),
+    /// The write could not be proposed (the outcome is unknown only if this says so).
+    Failed(String),
+}
+
+/// This node's membership in the cluster.
+pub struct Cluster {
+    /// The Raft handle.
+    pub raft: Raft,
+    /// This node's id.
+    pub node_id: NodeId,
+    /// The cluster id.
+    pub cluster_id: String,
+    name: String,
+    advertise: String,
+    data_dir: PathBuf,
+    suffix: String,
+    sm: StateMachine,
+    dialer: Arc<Dialer>,
+    write_timeout: Duration,
+    /// The address the cluster port is bound to (when serving).
+    pub cluster_addr: Option<std::net::SocketAddr>,
+    shutdown: watch::Sender<bool>,
+}
+
+fn raft_config(config: &Config, cluster_id: &str) -> Result<Arc<openraft::Config>, String> {
+    let c = &config.cluster;
+    let rc = openraft::Config {
+        cluster_name: cluster_id.to_string(),
+        heartbeat_interval: c.heartbeat_ms,
+        election_timeout_min: c.election_timeout_min_ms,
+        election_timeout_max: c.election_timeout_max_ms,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(c.snapshot_every),
+        max_in_snapshot_log_to_keep: 100,
+        install_snapshot_timeout: 10_000,
+        ..Default::default()
+    };
+    Ok(Arc::new(rc.validate().map_err(|e| e.to_string())?))
+}
+
+/// The voter target of the cluster (a cluster-wide setting in the directory).
+pub const DEFAULT_VOTER_TARGET: usize = 3;
+
+impl Cluster {
+    /// Start this node's Raft and, when `serve` is set, its cluster port.
+    pub async fn start(config: &Config, dir: Arc<Directory>, serve: bool) -> Result<Arc<Cluster>, String> {
+        let data_dir = config.node.data_dir.clone();
+        let state = MemberState::load(&data_dir)?;
+        let identity = PkiFiles::new(&data_dir).load_identity().map_err(|e| e.to_string())?;
+        let log_store = LogStore::open(&data_dir).map_err(|e| e.to_string())?;
+        let sm = StateMachine::open(dir.clone(), &data_dir).map_err(|e| e.to_string())?;
+        let dialer = Arc::new(Dialer::new(&identity).map_err(|e| e.to_string())?);
+        let raft = Raft::new(state.node_id, raft_config(config, &state.cluster_id)?, Network::new(dialer.clone()), log_store, sm.clone())
+            .await
+            .map_err(|e| e.to_string())?;
+        let (shutdown, rx) = watch::channel(false);
+        let mut cluster = Cluster {
+            raft,
+            node_id: state.node_id,
+            cluster_id: state.cluster_id,
+            name: config.node.name.clone(),
+            advertise: config.cluster.advertised(),
+            data_dir,
+            suffix: config.directory.suffix.clone(),
+            sm,
+            dialer,
+            write_timeout: Duration::from_millis(config.cluster.write_timeout_ms),
+            cluster_addr: None,
+            shutdown,
+        };
+        let listener = if serve {
+            let l = TcpListener::bind(config.cluster.listen).await.map_err(|e| format!("cluster: cannot listen on {}: {e}", config.cluster.listen))?;
+            let bound = l.local_addr().map_err(|e| e.to_string())?;
+            cluster.cluster_addr = Some(bound);
+            if config.cluster.advertise.is_none() && config.cluster.listen.port() == 0 {
+                // An ephemeral port: others can only reach what was actually bound.
+                cluster.advertise = bound.to_string();
+            }
+            Some(l)
+        } else {
+            None
+        };
+        let cluster = Arc::new(cluster);
+        if let Some(listener) = listener {
+            let server = transport::server_config(&identity).map_err(|e| e.to_string())?;
+            let handler: Arc<dyn Handler> = Arc::new(ClusterHandler(cluster.clone()));
+            tokio::spawn(transport::serve(listener, server, handler, rx));
+            let c = cluster.clone();
+            tokio::spawn(async move { c.register_self().await });
+        }
+        Ok(cluster)
+    }
+
+    /// Stop Raft and the cluster port.
+    pub async fn shutdown(&self) {
+        let _ = self.shutdown.send(true);
+        let _ = self.raft.shutdown().await;
+    }
+
+    /// Create a new cluster in `config.node.data_dir`: its id, CA, this node's
+    /// certificate (node 1) and a one-voter membership. Then start it (with the cluster
+    /// port when `serve` is set) so the caller can write the first entries.
+    pub async fn create(config: &Config, dir: Arc<Directory>, serve: bool) -> Result<Arc<Cluster>, String> {
+        let data_dir = &config.node.data_dir;
+        let cluster_id = uuid::Uuid::new_v4().to_string();
+        let ca = ClusterCa::generate(&cluster_id).map_err(|e| e.to_string())?;
+        let hosts = vec![host_of(&config.cluster.advertised())];
+        let cert = ca.issue_node(1, &config.node.name, &hosts).map_err(|e| e.to_string())?;
+        let files = PkiFiles::new(data_dir);
+        files.save_ca(&ca).map_err(|e| e.to_string())?;
+        files.save_node(&cert).map_err(|e| e.to_string())?;
+        MemberState { cluster_id, node_id: 1 }.save(data_dir)?;
+        let cluster = Cluster::start(config, dir, serve).await?;
+        let mut members = BTreeMap::new();
+        members.insert(1, ClusterNode { name: config.node.name.clone(), addr: cluster.advertise.clone() });
+        cluster.raft.initialize(members).await.map_err(|e| e.to_string())?;
+        cluster
+            .raft
+            .wait(Some(Duration::from_secs(10)))
+            .state(ServerState::Leader, "the first node leads")
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(cluster)
+    }
+
+    /// Join a cluster through `peer` with a token; on success this node's identity and
+    /// membership state are written to its data directory.
+    pub async fn join(config: &Config, token: &str, peer: &str) -> Result<JoinGrant, String> {
+        let token = join::JoinToken::parse(token)?;
+        let req = JoinRequest {
+            token_id: token.id.clone(),
+            secret: token.secret.clone(),
+            name: config.node.name.clone(),
+            advertise: config.cluster.advertised(),
+        };
+        let mut target = peer.to_string();
+        for _ in 0..5 {
+            let mut conn = transport::connect_pinned(&target, &token.ca_fingerprint, Service::Join)
+                .await
+                .map_err(|e| format!("cannot reach {target} with this token's CA pinned: {e}"))?;
+            let reply: JoinReply = conn.call(&req).await.map_err(|e| format!("join request to {target} failed: {e}"))?;
+            match reply {
+                JoinReply::Accepted(grant) => {
+                    let files = PkiFiles::new(&config.node.data_dir);
+                    let ca = ClusterCa::from_pem(&grant.ca_pem, &grant.ca_key_pem).map_err(|e| e.to_string())?;
+                    files.save_ca(&ca).map_err(|e| e.to_string())?;
+                    files.save_node(&super::pki::NodeCert { cert_pem: grant.cert_pem.clone(), key_pem: grant.key_pem.clone() }).map_err(|e| e.to_string())?;
+                    MemberState { cluster_id: grant.cluster_id.clone(), node_id: grant.node_id }.save(&config.node.data_dir)?;
+                    return Ok(*grant);
+                }
+                JoinReply::Redirect { leader: Some(l) } => target = l,
+                JoinReply::Redirect { leader: None } => return Err("the cluster has no leader right now; try again".into()),
+                JoinReply::Refused(why) => return Err(format!("join refused: {why}")),
+            }
+        }
+        Err("too many redirects while looking for the leader".into())
+    }
+
+    /// The state machine (applied index, directory).
+    pub fn state_machine(&self) -> &StateMachine {
+        &self.sm
+    }
+
+    /// The leader's cluster address, if one is known.
+    pub fn leader_addr(&self) -> Option<String> {
+        let m = self.raft.metrics().borrow().clone();
+        let leader = m.current_leader?;
+        m.membership_config.membership().get_node(&leader).map(|n| n.addr.clone())
+    }
+
+    /// Send a command through the log: proposed here when this node leads, otherwise
+    /// forwarded to the leader. Returns once the entry is committed (on a majority's
+    /// disks) and applied on this node's replica. While no leader is known it waits up
+    /// to the write timeout, then fails with `unavailable`; a command that was never
+    /// proposed is never applied.
+    pub async fn write(&self, cmd: DirectoryCommand) -> Result<(), DirError> {
+        let deadline = Instant::now() + self.write_timeout;
+        let mut delay = Duration::from_millis(20);
+        loop {
+            match self.raft.client_write(ClusterRequest::Directory(cmd.clone())).await {
+                Ok(resp) => return resp.data.0,
+                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                    if let Some(node) = f.leader_node {
+                        match self.dialer.call::<_, WriteReply>(&node.addr, Service::Write, &ClusterRequest::Directory(cmd.clone())).await {
+                            Ok(WriteReply::Applied { index, result }) => {
+                                let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_secs(1));
+                                return match tokio::time::timeout(left, self.sm.wait_applied(index)).await {
+                                    Ok(()) => result,
+                                    Err(_) => Err(DirError::Unavailable("the write was committed but this replica is behind".into())),
+                                };
+                            }
+                            Ok(WriteReply::NotLeader(_)) | Err(_) => {}
+                            Ok(WriteReply::Failed(why)) => return Err(DirError::Unavailable(why)),
+                        }
+                    }
+                }
+                Err(e) => return Err(DirError::Unavailable(format!("the cluster cannot take writes: {e}"))),
+            }
+            if Instant::now() + delay >= deadline {
+                return Err(DirError::Unavailable("no leader could take the write in time".into()));
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_millis(200));
+        }
+    }
+
+    /// Write (or refresh) this node's entry in `ou=nodes`: the service map.
+    async fn register_self(&self) {
+        let dn = format!("cn=node-{},ou=nodes,{}", self.node_id, self.suffix);
+        for _ in 0..600 {
+            let role = if self.is_voter() { "voter" } else { "learner" };
+            let attrs = vec![
+                Attribute::new("objectClass", ["top", "pigeonairNode"]),
+                Attribute::new("cn", [format!("node-{}", self.node_id)]),
+                Attribute::new("pigeonairNodeId", [self.node_id.to_string()]),
+                Attribute::new("pigeonairNodeName", [self.name.clone()]),
+                Attribute::new("pigeonairNodeRole", [role]),
+                Attribute::new("pigeonairAddress", [format!("cluster={}", self.advertise)]),
+            ];
+            let exists = self.sm.directory().view().ok().and_then(|v| v.find(&dn).ok().flatten()).is_some();
+            let cmd = if exists {
+                DirectoryCommand::Modify {
+                    dn: dn.clone(),
+                    changes: attrs
+                        .into_iter()
+                        .filter(|a| a.name != "objectClass" && a.name != "cn" && a.name != "pigeonairNodeId")
+                        .map(|a| crate::directory::Change { op: crate::directory::ChangeOp::Replace, attr: a.name, values: a.values })
+                        .collect(),
+                    meta: WriteMeta::now(&dn),
+                }
+            } else {
+                DirectoryCommand::Add { dn: dn.clone(), attrs, meta: WriteMeta::now(&dn) }
+            };
+            match self.write(cmd).await {
+                Ok(()) | Err(DirError::AlreadyExists) => return,
+                Err(e) => tracing::debug!(error = %e, "registering this node in ou=nodes; will retry"),
+            }
+            if *self.shutdown.subscribe().borrow() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    fn is_voter(&self) -> bool {
+        let m = self.raft.metrics().borrow().clone();
+        m.membership_config.membership().voter_ids().any(|id| id == self.node_id)
+    }
+
+    /// This node's view of itself.
+    pub fn status(&self) -> NodeStatus {
+        let m = self.raft.metrics().borrow().clone();
+        let membership = m.membership_config.membership();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let learners: Vec<NodeId> = membership.learner_ids().collect();
+        let role = match m.state {
+            ServerState::Leader => "leader",
+            ServerState::Candidate => "candidate",
+            ServerState::Shutdown => "shutdown",
+            _ if voters.contains(&self.node_id) => "follower",
+            _ => "learner",
+        };
+        let replication = m
+            .replication
+            .as_ref()
+            .map(|r| r.iter().map(|(id, log)| (*id, log.map(|l| l.index))).collect())
+            .unwrap_or_default();
+        let last_contact_ms = m.millis_since_quorum_ack;
+        NodeStatus {
+            id: self.node_id,
+            name: self.name.clone(),
+            addr: self.advertise.clone(),
+            role: role.to_string(),
+            term: m.current_term,
+            leader: m.current_leader,
+            applied: self.sm.applied_index(),
+            last_log: m.last_log_index.unwrap_or(0),
+            voters: voters.into_iter().collect(),
+            learners,
+            replication,
+            millis_since_quorum_ack: last_contact_ms,
+            digest: self.sm.directory().digest().unwrap_or_default(),
+            members: membership.nodes().map(|(id, n)| (*id, n.addr.clone())).collect(),
+        }
+    }
+
+    /// Ask another member for its status over the cluster port.
+    pub async fn peer_status(&self, addr: &str) -> Result<NodeStatus, String> {
+        match self.dialer.call::<_, AdminReply>(addr, Service::Status, &AdminRequest::Status).await {
+            Ok(AdminReply::Status(s)) => Ok(s),
+            Ok(other) => Err(format!("unexpected reply {other:?}")),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    async fn handle_join(&self, req: JoinRequest) -> JoinReply {
+        let m = self.raft.metrics().borrow().clone();
+        if m.current_leader != Some(self.node_id) {
+            return JoinReply::Redirect { leader: self.leader_addr() };
+        }
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs() as i64;
+        let dn = join::token_dn(&self.suffix, &req.token_id);
+        let entry = self.sm.directory().view().ok().and_then(|v| v.find(&dn).ok().flatten());
+        let left = match join::check(entry.as_ref(), &req.token_id, &req.secret, now) {
+            Ok(n) => n,
+            Err(refusal) => {
+                tracing::warn!(token = %req.token_id, node = %req.name, reason = %refusal, "join refused");
+                return JoinReply::Refused(refusal.to_string());
+            }
+        };
+        // Spend one use through the log before admitting the node.
+        let spend = DirectoryCommand::Modify {
+            dn,
+            changes: vec![crate::directory::Change {
+                op: crate::directory::ChangeOp::Replace,
+                attr: "pigeonairTokenUses".into(),
+                values: vec![(left - 1).to_string().into_bytes()],
+            }],
+            meta: WriteMeta::now(&format!("cn=node-{},ou=nodes,{}", self.node_id, self.suffix)),
+        };
+        if let Err(e) = self.write(spend).await {
+            return JoinReply::Refused(format!("could not record the token's use: {e}"));
+        }
+        let membership = m.membership_config.membership().clone();
+        let node_id = membership.nodes().map(|(id, _)| *id).max().unwrap_or(0) + 1;
+        let files = PkiFiles::new(&self.data_dir);
+        let issued = files.load_ca().and_then(|ca| {
+            let cert = ca.issue_node(node_id, &req.name, &[host_of(&req.advertise)])?;
+            Ok((ca, cert))
+        });
+        let (ca, cert) = match issued {
+            Ok(x) => x,
+            Err(e) => return JoinReply::Refused(format!("this node cannot sign certificates: {e}")),
+        };
+        let node = ClusterNode { name: req.name.clone(), addr: req.advertise.clone() };
+        if let Err(e) = self.raft.add_learner(node_id, node.clone(), false).await {
+            return JoinReply::Refused(format!("could not add the node: {e}"));
+        }
+        tracing::info!(node_id, name = %req.name, addr = %req.advertise, "node joined as a learner");
+        let raft = self.raft.clone();
+        let target = self.voter_target();
+        tokio::spawn(async move { promote_when_caught_up(raft, node_id, node, target).await });
+        let members = membership.nodes().map(|(id, n)| (*id, n.clone())).collect();
+        JoinReply::Accepted(Box::new(JoinGrant {
+            node_id,
+            cluster_id: self.cluster_id.clone(),
+            ca_pem: ca.cert_pem.clone(),
+            ca_key_pem: ca.key_pem().to_string(),
+            cert_pem: cert.cert_pem,
+            key_pem: cert.key_pem,
+            members,
+        }))
+    }
+
+    /// The cluster-wide voter target (`voterTarget=` in `cn=cluster,ou=system`).
+    pub fn voter_target(&self) -> usize {
+        let dn = format!("cn=cluster,ou=system,{}", self.suffix);
+        self.sm
+            .directory()
+            .view()
+            .ok()
+            .and_then(|v| v.find(&dn).ok().flatten())
+            .and_then(|e| {
+                e.get("pigeonairSetting")?.values.iter().find_map(|v| std::str::from_utf8(v).ok()?.strip_prefix("voterTarget=")?.parse().ok())
+            })
+            .unwrap_or(DEFAULT_VOTER_TARGET)
+            .clamp(1, 5)
+    }
+
+    async fn handle_admin(&self, req: AdminRequest) -> AdminReply {
+        admin::handle(self, req).await
+    }
+
+    /// The node's data directory.
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// The suffix of the directory.
+    pub fn suffix(&self) -> &str {
+        &self.suffix
+    }
+
+    /// The dialer (for admin fan-out).
+    pub fn dialer(&self) -> &Arc<Dialer> {
+        &self.dialer
+    }
+}
+
+/// Wait until a learner has caught up, then make it a voter if the cluster has fewer
+/// voters than its target.
+async fn promote_when_caught_up(raft: Raft, node_id: NodeId, node: ClusterNode, target: usize) {
+    // add_learner with blocking=true returns once the learner's log matches.
+    if let Err(e) = raft.add_learner(node_id, node, true).await {
+        tracing::warn!(node_id, error = %e, "learner did not catch up");
+        return;
+    }
+    let m = raft.metrics().borrow().clone();
+    let voters: BTreeSet<NodeId> = m.membership_config.membership().voter_ids().collect();
+    if voters.len() >= target || voters.contains(&node_id) {
+        return;
+    }
+    let mut next = voters.clone();
+    next.insert(node_id);
+    match raft.change_membership(next, false).await {
+        Ok(_) => tracing::info!(node_id, "promoted to voter"),
+        Err(e) => tracing::warn!(node_id, error = %e, "promotion to voter failed"),
+    }
+}
+
+fn host_of(addr: &str) -> String {
+    addr.rsplit_once(':').map(|(h, _)| h.trim_matches(|c| c == '[' || c == ']').to_string()).unwrap_or_else(|| addr.to_string())
+}
+
+struct ClusterHandler(Arc<Cluster>);
+
+impl Handler for ClusterHandler {
+    fn handle(&self, conn: Conn) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'static>> {
+        let cluster = self.0.clone();
+        Box::pin(async move {
+            let Conn { service, mut stream, .. } = conn;
+            match service {
+                Service::Raft => serve_raft(cluster.raft.clone(), stream).await,
+                Service::Write => loop {
+                    let req: ClusterRequest = match transport::read_frame(&mut stream).await {
+                        Ok(Some(r)) => r,
+                        _ => return,
+                    };
+                    let reply = match cluster.raft.client_write(req).await {
+                        Ok(resp) => WriteReply::Applied { index: resp.log_id.index, result: resp.data.0 },
+                        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => WriteReply::NotLeader(f.leader_node.map(|n| n.addr)),
+                        Err(e) => WriteReply::Failed(e.to_string()),
+                    };
+                    if transport::write_frame(&mut stream, &reply).await.is_err() {
+                        return;
+                    }
+                },
+                Service::Join => {
+                    let req: JoinRequest = match transport::read_frame(&mut stream).await {
+                        Ok(Some(r)) => r,
+                        _ => return,
+                    };
+                    let reply = cluster.handle_join(req).await;
+                    let _ = transport::write_frame(&mut stream, &reply).await;
+                }
+                Service::Status => loop {
+                    let req: AdminRequest = match transport::read_frame(&mut stream).await {
+                        Ok(Some(r)) => r,
+                        _ => return,
+                    };
+                    let reply = cluster.handle_admin(req).await;
+                    if transport::write_frame(&mut stream, &reply).await.is_err() {
+                        return;
+                    }
+                },
+            }
+        })
+    }
+}
+
+impl WritePath for Cluster {
+    fn write(&self, cmd: DirectoryCommand) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), DirError>> + Send + '_>> {
+        Box::pin(Cluster::write(self, cmd))
+    }
+}

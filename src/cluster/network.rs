@@ -1,0 +1,146 @@
+//! openraft's network over the cluster transport: one request frame and one reply frame
+//! per RPC on a pooled TLS connection (ALPN `pa-raft/1`).
+
+use std::sync::Arc;
+
+use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest, VoteResponse,
+};
+use serde::{Deserialize, Serialize};
+
+use super::transport::{Dialer, Service, TransportError};
+use super::types::{ClusterNode, NodeId, Raft, TypeConfig};
+
+/// A Raft RPC as sent over the wire.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum RaftRpc {
+    /// AppendEntries (also heartbeats).
+    Append(AppendEntriesRequest<TypeConfig>),
+    /// RequestVote.
+    Vote(VoteRequest<NodeId>),
+    /// One chunk of a snapshot.
+    Snapshot(InstallSnapshotRequest<TypeConfig>),
+}
+
+/// The reply to a [`RaftRpc`].
+#[derive(Debug, Serialize, Deserialize)]
+pub enum RaftRpcReply {
+    /// To `Append`.
+    Append(Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>),
+    /// To `Vote`.
+    Vote(Result<VoteResponse<NodeId>, RaftError<NodeId>>),
+    /// To `Snapshot`.
+    Snapshot(Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>),
+}
+
+/// Serve one inbound Raft connection: answer RPCs until the peer closes it.
+pub async fn serve_raft<S>(raft: Raft, mut stream: S)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    loop {
+        let rpc: RaftRpc = match super::transport::read_frame(&mut stream).await {
+            Ok(Some(r)) => r,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::debug!(error = %e, "raft connection ended");
+                return;
+            }
+        };
+        let reply = match rpc {
+            RaftRpc::Append(r) => RaftRpcReply::Append(raft.append_entries(r).await),
+            RaftRpc::Vote(r) => RaftRpcReply::Vote(raft.vote(r).await),
+            RaftRpc::Snapshot(r) => RaftRpcReply::Snapshot(raft.install_snapshot(r).await),
+        };
+        if super::transport::write_frame(&mut stream, &reply).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Creates a connection handle per peer.
+#[derive(Clone)]
+pub struct Network {
+    dialer: Arc<Dialer>,
+}
+
+impl Network {
+    /// A network that dials peers with the node's own certificate.
+    pub fn new(dialer: Arc<Dialer>) -> Network {
+        Network { dialer }
+    }
+}
+
+impl RaftNetworkFactory<TypeConfig> for Network {
+    type Network = PeerConnection;
+
+    async fn new_client(&mut self, target: NodeId, node: &ClusterNode) -> PeerConnection {
+        PeerConnection { dialer: self.dialer.clone(), target, addr: node.addr.clone() }
+    }
+}
+
+/// The link to one peer (connections are pooled by the dialer).
+pub struct PeerConnection {
+    dialer: Arc<Dialer>,
+    target: NodeId,
+    addr: String,
+}
+
+fn transport_error<E: std::error::Error>(e: TransportError) -> RPCError<NodeId, ClusterNode, E> {
+    match e {
+        TransportError::Io(_) | TransportError::Timeout | TransportError::Refused(_) | TransportError::Tls(_) => {
+            RPCError::Unreachable(Unreachable::new(&e))
+        }
+        other => RPCError::Network(NetworkError::new(&other)),
+    }
+}
+
+impl PeerConnection {
+    async fn call(&self, rpc: RaftRpc, option: &RPCOption) -> Result<RaftRpcReply, TransportError> {
+        match tokio::time::timeout(option.hard_ttl(), self.dialer.call(&self.addr, Service::Raft, &rpc)).await {
+            Ok(r) => r,
+            Err(_) => Err(TransportError::Timeout),
+        }
+    }
+}
+
+fn unexpected<E: std::error::Error>() -> RPCError<NodeId, ClusterNode, E> {
+    RPCError::Network(NetworkError::new(&std::io::Error::other("unexpected reply type")))
+}
+
+impl RaftNetwork<TypeConfig> for PeerConnection {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, ClusterNode, RaftError<NodeId>>> {
+        match self.call(RaftRpc::Append(rpc), &option).await.map_err(transport_error)? {
+            RaftRpcReply::Append(r) => r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e))),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<InstallSnapshotResponse<NodeId>, RPCError<NodeId, ClusterNode, RaftError<NodeId, InstallSnapshotError>>> {
+        match self.call(RaftRpc::Snapshot(rpc), &option).await.map_err(transport_error)? {
+            RaftRpcReply::Snapshot(r) => r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e))),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, ClusterNode, RaftError<NodeId>>> {
+        match self.call(RaftRpc::Vote(rpc), &option).await.map_err(transport_error)? {
+            RaftRpcReply::Vote(r) => r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e))),
+            _ => Err(unexpected()),
+        }
+    }
+}
