@@ -173,6 +173,8 @@ impl Node {
                 &self.admin_pw,
                 "--ldap-listen",
                 "127.0.0.1:0",
+                "--cluster-listen",
+                "127.0.0.1:0",
             ])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
