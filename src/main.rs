@@ -576,6 +576,13 @@ fn command_of(record: LdifRecord, actor: &str) -> DirectoryCommand {
 fn import(file: &Path, config_path: &Path, batch: usize) -> Result<()> {
     let config = Config::load(config_path).map_err(anyhow::Error::msg)?;
     let dir = node::open_directory(&config).map_err(anyhow::Error::msg)?;
+    if pigeonair::cluster::member::member_count(&dir) > 1 {
+        bail!(
+            "this node belongs to a cluster of several nodes; an offline import would bypass replication. \
+             Import on a single-node cluster before others join, or load the data through LDAP (ldapadd)"
+        );
+    }
+    dir.set_meta(pigeonair::cluster::member::OFFLINE_IMPORT, b"1")?;
     let reader = BufReader::with_capacity(
         1 << 20,
         std::fs::File::open(file).with_context(|| format!("opening {}", file.display()))?,

@@ -46,6 +46,10 @@ pub struct NodeStatus {
     pub digest: String,
     /// Every member's id and address.
     pub members: Vec<(NodeId, String)>,
+    /// The last log index covered by this node's latest snapshot.
+    pub snapshot_index: Option<u64>,
+    /// The last log index purged from this node's log.
+    pub purged_index: Option<u64>,
 }
 
 /// An operator request.

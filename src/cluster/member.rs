@@ -107,6 +107,22 @@ fn raft_config(config: &Config, cluster_id: &str) -> Result<Arc<openraft::Config
     Ok(Arc::new(rc.validate().map_err(|e| e.to_string())?))
 }
 
+/// Directory metadata set by an offline `ldif import` until a snapshot holds it.
+pub const OFFLINE_IMPORT: &str = "offline_import";
+
+/// The number of members recorded in a directory's replicated membership (0 before
+/// the first membership entry was applied).
+pub fn member_count(dir: &Directory) -> usize {
+    dir.meta(super::state_machine::META_MEMBERSHIP)
+        .ok()
+        .flatten()
+        .and_then(|raw| {
+            bincode::serde::decode_from_slice::<openraft::StoredMembership<NodeId, ClusterNode>, _>(&raw, bincode::config::standard()).ok()
+        })
+        .map(|(m, _)| m.membership().nodes().count())
+        .unwrap_or(0)
+}
+
 /// The voter target of the cluster (a cluster-wide setting in the directory).
 pub const DEFAULT_VOTER_TARGET: usize = 3;
 
@@ -156,6 +172,10 @@ impl Cluster {
             tokio::spawn(transport::serve(listener, server, handler, rx));
             let c = cluster.clone();
             tokio::spawn(async move { c.register_self().await });
+        }
+        if cluster.sm.directory().meta(OFFLINE_IMPORT).ok().flatten().is_some() {
+            let c = cluster.clone();
+            tokio::spawn(async move { c.publish_offline_import().await });
         }
         Ok(cluster)
     }
@@ -273,6 +293,35 @@ impl Cluster {
         }
     }
 
+    /// After an offline `ldif import` (which wrote the directory without going through
+    /// the log), take a snapshot and purge the log behind it, so nodes that join later
+    /// start from a snapshot that holds the imported entries.
+    async fn publish_offline_import(&self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            let m = self.raft.metrics().borrow().clone();
+            if m.current_leader == Some(self.node_id) {
+                let target = self.sm.applied_index();
+                if self.raft.trigger().snapshot().await.is_err() {
+                    return;
+                }
+                let waited = self
+                    .raft
+                    .wait(Some(Duration::from_secs(30)))
+                    .metrics(|m| m.snapshot.is_some_and(|s| s.index >= target), "snapshot after import")
+                    .await;
+                if waited.is_ok() {
+                    let _ = self.raft.trigger().purge_log(target).await;
+                    let dir = self.sm.directory().clone();
+                    let _ = tokio::task::spawn_blocking(move || dir.clear_meta(OFFLINE_IMPORT)).await;
+                    tracing::info!(index = target, "offline import published in a snapshot");
+                }
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Write (or refresh) this node's entry in `ou=nodes`: the service map.
     async fn register_self(&self) {
         let dn = format!("cn=node-{},ou=nodes,{}", self.node_id, self.suffix);
@@ -350,6 +399,8 @@ impl Cluster {
             millis_since_quorum_ack: last_contact_ms,
             digest: self.sm.directory().digest().unwrap_or_default(),
             members: membership.nodes().map(|(id, n)| (*id, n.addr.clone())).collect(),
+            snapshot_index: m.snapshot.map(|l| l.index),
+            purged_index: m.purged.map(|l| l.index),
         }
     }
 

@@ -347,6 +347,20 @@ impl Directory {
         Ok(out)
     }
 
+    /// Set a metadata flag durably.
+    pub fn set_meta(&self, name: &str, value: &[u8]) -> Result<(), StoreError> {
+        let mut w = self.store.write()?;
+        w.set_meta(name, value)?;
+        w.commit()
+    }
+
+    /// Remove a metadata value durably.
+    pub fn clear_meta(&self, name: &str) -> Result<(), StoreError> {
+        let mut w = self.store.write()?;
+        w.remove_meta(name)?;
+        w.commit()
+    }
+
     /// A metadata value written by [`Directory::apply_with_meta`].
     pub fn meta(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
         self.store.read()?.meta(name)

@@ -326,6 +326,12 @@ impl WriteBatch {
         Ok(())
     }
 
+    /// Remove a metadata value.
+    pub fn remove_meta(&mut self, name: &str) -> Result<(), StoreError> {
+        self.txn.open_table(META)?.remove(name)?;
+        Ok(())
+    }
+
     /// A fresh entry id.
     pub fn next_id(&mut self) -> Result<u64, StoreError> {
         let cur = self
