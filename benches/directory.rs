@@ -7,11 +7,11 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use criterion::{criterion_group, criterion_main, Criterion};
+use criterion::{criterion_group, criterion_main, Criterion, SamplingMode};
 use rasn::types::{OctetString, SetOf};
 use rasn_ldap::{
-    LdapMessage, LdapString, PartialAttribute, ProtocolOp, SearchRequestDerefAliases, SearchRequestScope,
-    SearchResultEntry,
+    LdapMessage, LdapString, PartialAttribute, ProtocolOp, SearchRequestDerefAliases,
+    SearchRequestScope, SearchResultEntry,
 };
 
 use pigeonair::directory::dn::Dn;
@@ -34,7 +34,10 @@ const TEST_ACCOUNTS: usize = 2_000;
 /// benchmarking and [`TEST_ACCOUNTS`] in criterion's test or list mode (it uses test mode
 /// unless given `--bench`, which `cargo bench` passes).
 fn accounts() -> usize {
-    if let Some(n) = std::env::var("PIGEONAIR_BENCH_ACCOUNTS").ok().and_then(|v| v.parse().ok()) {
+    if let Some(n) = std::env::var("PIGEONAIR_BENCH_ACCOUNTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
         return n;
     }
     let args: Vec<String> = std::env::args().collect();
@@ -66,8 +69,12 @@ fn dn_benches(c: &mut Criterion) {
     for (name, s) in [("simple", SIMPLE_DN), ("multi_valued_escaped", COMPLEX_DN)] {
         let dn = Dn::parse(s).unwrap_or_else(|e| panic!("{name}: {e}"));
         schema.dn_key(&dn).unwrap_or_else(|e| panic!("{name}: {e}"));
-        g.bench_function(format!("parse/{name}"), |b| b.iter(|| Dn::parse(black_box(s)).unwrap()));
-        g.bench_function(format!("dn_key/{name}"), |b| b.iter(|| schema.dn_key(black_box(&dn)).unwrap()));
+        g.bench_function(format!("parse/{name}"), |b| {
+            b.iter(|| Dn::parse(black_box(s)).unwrap())
+        });
+        g.bench_function(format!("dn_key/{name}"), |b| {
+            b.iter(|| schema.dn_key(black_box(&dn)).unwrap())
+        });
         g.bench_function(format!("parse+dn_key/{name}"), |b| {
             b.iter(|| schema.dn_key(&Dn::parse(black_box(s)).unwrap()).unwrap())
         });
@@ -83,13 +90,19 @@ fn alice(schema: &Schema) -> StoredEntry {
         dn: dn.into(),
         key,
         attrs: vec![
-            Attribute::new("objectClass", ["top", "inetOrgPerson", "inetLocalMailRecipient"]),
+            Attribute::new(
+                "objectClass",
+                ["top", "inetOrgPerson", "inetLocalMailRecipient"],
+            ),
             Attribute::new("uid", ["alice"]),
             Attribute::new("cn", ["Alice Example"]),
             Attribute::new("sn", ["Example"]),
             Attribute::new("givenName", ["Alice"]),
             Attribute::new("mail", ["Alice@Example.org"]),
-            Attribute::new("mailLocalAddress", ["alice@example.org", "a.example@example.org"]),
+            Attribute::new(
+                "mailLocalAddress",
+                ["alice@example.org", "a.example@example.org"],
+            ),
             Attribute::new("mailHost", ["node1"]),
             Attribute::new("entryUUID", ["00000000-0000-4000-8000-000000000001"]),
             Attribute::new("creatorsName", ["cn=admin"]),
@@ -102,8 +115,12 @@ fn filter_benches(c: &mut Criterion) {
     let schema = Schema::builtin();
     let entry = alice(&schema);
     let mut g = c.benchmark_group("filter");
-    g.bench_function("parse/and_or", |b| b.iter(|| Filter::parse(black_box(MAIL_FILTER)).unwrap()));
-    g.bench_function("parse/complex", |b| b.iter(|| Filter::parse(black_box(COMPLEX_FILTER)).unwrap()));
+    g.bench_function("parse/and_or", |b| {
+        b.iter(|| Filter::parse(black_box(MAIL_FILTER)).unwrap())
+    });
+    g.bench_function("parse/complex", |b| {
+        b.iter(|| Filter::parse(black_box(COMPLEX_FILTER)).unwrap())
+    });
     for (name, text, expect) in [
         ("and_or_eq", MAIL_FILTER, true),
         ("substring_final", "(mail=*@example.org)", true),
@@ -129,7 +146,9 @@ fn search_request_pdu() -> LdapMessage {
         30,
         false,
         filter_wire::to_wire(&f),
-        ["uid", "cn", "mail", "mailHost", "mailLocalAddress"].map(LdapString::from).to_vec(),
+        ["uid", "cn", "mail", "mailHost", "mailLocalAddress"]
+            .map(LdapString::from)
+            .to_vec(),
     );
     LdapMessage::new(7, ProtocolOp::SearchRequest(req))
 }
@@ -138,33 +157,55 @@ fn search_entry_pdu() -> LdapMessage {
     let attr = |name: &str, vals: &[&str]| {
         PartialAttribute::new(
             LdapString::from(name),
-            SetOf::from_vec(vals.iter().map(|v| OctetString::from(v.as_bytes().to_vec())).collect()),
+            SetOf::from_vec(
+                vals.iter()
+                    .map(|v| OctetString::from(v.as_bytes().to_vec()))
+                    .collect(),
+            ),
         )
     };
     let attrs = vec![
-        attr("objectClass", &["top", "inetOrgPerson", "inetLocalMailRecipient"]),
+        attr(
+            "objectClass",
+            &["top", "inetOrgPerson", "inetLocalMailRecipient"],
+        ),
         attr("uid", &["alice"]),
         attr("cn", &["Alice Example"]),
         attr("sn", &["Example"]),
         attr("givenName", &["Alice"]),
         attr("mail", &["alice@example.org"]),
-        attr("mailLocalAddress", &["alice@example.org", "a.example@example.org"]),
+        attr(
+            "mailLocalAddress",
+            &["alice@example.org", "a.example@example.org"],
+        ),
         attr("mailHost", &["node1"]),
         attr("entryUUID", &["00000000-0000-4000-8000-000000000001"]),
         attr("createTimestamp", &["20260101000000Z"]),
     ];
-    let e = SearchResultEntry::new(LdapString::from("uid=alice,ou=people,dc=example.org,ou=domains,dc=pigeonair"), attrs);
+    let e = SearchResultEntry::new(
+        LdapString::from("uid=alice,ou=people,dc=example.org,ou=domains,dc=pigeonair"),
+        attrs,
+    );
     LdapMessage::new(7, ProtocolOp::SearchResEntry(e))
 }
 
 fn pdu_benches(c: &mut Criterion) {
     let mut g = c.benchmark_group("pdu");
-    for (name, msg) in [("search_request", search_request_pdu()), ("search_result_entry", search_entry_pdu())] {
+    for (name, msg) in [
+        ("search_request", search_request_pdu()),
+        ("search_result_entry", search_entry_pdu()),
+    ] {
         let bytes = rasn::ber::encode(&msg).unwrap();
         let back = rasn::ber::decode::<LdapMessage>(&bytes).unwrap();
         assert_eq!(back.message_id, 7);
-        assert_eq!(rasn::ber::encode(&back).unwrap(), bytes, "{name}: re-encoding differs");
-        g.bench_function(format!("encode/{name}"), |b| b.iter(|| rasn::ber::encode(black_box(&msg)).unwrap()));
+        assert_eq!(
+            rasn::ber::encode(&back).unwrap(),
+            bytes,
+            "{name}: re-encoding differs"
+        );
+        g.bench_function(format!("encode/{name}"), |b| {
+            b.iter(|| rasn::ber::encode(black_box(&msg)).unwrap())
+        });
         g.bench_function(format!("decode/{name}"), |b| {
             b.iter(|| rasn::ber::decode::<LdapMessage>(black_box(&bytes)).unwrap())
         });
@@ -189,7 +230,11 @@ fn meta(n: usize) -> WriteMeta {
 }
 
 fn add(n: usize, dn: String, attrs: Vec<Attribute>) -> DirectoryCommand {
-    DirectoryCommand::Add { dn, attrs, meta: meta(n) }
+    DirectoryCommand::Add {
+        dn,
+        attrs,
+        meta: meta(n),
+    }
 }
 
 /// The directory tree of the search benchmarks: the suffix, one mail domain and
@@ -198,33 +243,56 @@ fn commands(accounts: usize) -> impl Iterator<Item = DirectoryCommand> {
     let domain = "dc=example.org,ou=domains,dc=pigeonair";
     let people = format!("ou=people,{domain}");
     let top = [
-        add(1, "dc=pigeonair".into(), vec![
-            Attribute::new("objectClass", ["top", "domain"]),
-            Attribute::new("dc", ["pigeonair"]),
-        ]),
-        add(2, "ou=domains,dc=pigeonair".into(), vec![
-            Attribute::new("objectClass", ["top", "organizationalUnit"]),
-            Attribute::new("ou", ["domains"]),
-        ]),
-        add(3, domain.into(), vec![
-            Attribute::new("objectClass", ["top", "domain"]),
-            Attribute::new("dc", ["example.org"]),
-        ]),
-        add(4, people.clone(), vec![
-            Attribute::new("objectClass", ["top", "organizationalUnit"]),
-            Attribute::new("ou", ["people"]),
-        ]),
+        add(
+            1,
+            "dc=pigeonair".into(),
+            vec![
+                Attribute::new("objectClass", ["top", "domain"]),
+                Attribute::new("dc", ["pigeonair"]),
+            ],
+        ),
+        add(
+            2,
+            "ou=domains,dc=pigeonair".into(),
+            vec![
+                Attribute::new("objectClass", ["top", "organizationalUnit"]),
+                Attribute::new("ou", ["domains"]),
+            ],
+        ),
+        add(
+            3,
+            domain.into(),
+            vec![
+                Attribute::new("objectClass", ["top", "domain"]),
+                Attribute::new("dc", ["example.org"]),
+            ],
+        ),
+        add(
+            4,
+            people.clone(),
+            vec![
+                Attribute::new("objectClass", ["top", "organizationalUnit"]),
+                Attribute::new("ou", ["people"]),
+            ],
+        ),
     ];
     let accounts = (0..accounts).map(move |n| {
         let uid = format!("user{n}");
-        add(16 + n, format!("uid={uid},{people}"), vec![
-            Attribute::new("objectClass", ["top", "inetOrgPerson", "inetLocalMailRecipient"]),
-            Attribute::new("cn", [format!("User {n}")]),
-            Attribute::new("sn", [format!("{n}")]),
-            Attribute::new("mail", [format!("{uid}@example.org")]),
-            Attribute::new("mailHost", ["node1"]),
-            Attribute::new("uid", [uid]),
-        ])
+        add(
+            16 + n,
+            format!("uid={uid},{people}"),
+            vec![
+                Attribute::new(
+                    "objectClass",
+                    ["top", "inetOrgPerson", "inetLocalMailRecipient"],
+                ),
+                Attribute::new("cn", [format!("User {n}")]),
+                Attribute::new("sn", [format!("{n}")]),
+                Attribute::new("mail", [format!("{uid}@example.org")]),
+                Attribute::new("mailHost", ["node1"]),
+                Attribute::new("uid", [uid]),
+            ],
+        )
     });
     top.into_iter().chain(accounts)
 }
@@ -233,10 +301,15 @@ fn search_benches(c: &mut Criterion) {
     let tmp = tempfile::tempdir().unwrap();
     let settings = DirectorySettings {
         suffix: "dc=pigeonair".into(),
-        indexes: [("objectClass", "eq"), ("mail", "eq,sub"), ("uid", "eq"), ("mailLocalAddress", "eq")]
-            .map(|(a, b)| (a.to_string(), b.to_string()))
-            .into_iter()
-            .collect(),
+        indexes: [
+            ("objectClass", "eq"),
+            ("mail", "eq,sub"),
+            ("uid", "eq"),
+            ("mailLocalAddress", "eq"),
+        ]
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .into_iter()
+        .collect(),
         cache_bytes: 256 << 20,
     };
     let dir = Directory::open(tmp.path(), Schema::builtin(), &settings).unwrap();
@@ -245,24 +318,47 @@ fn search_benches(c: &mut Criterion) {
     let n = dir
         .apply_bulk(commands(accounts), 10_000, |_| {})
         .unwrap_or_else(|(i, e)| panic!("bulk load failed at command {i}: {e}"));
-    eprintln!("search: loaded {n} entries ({accounts} accounts) in {:.1?}", started.elapsed());
+    eprintln!(
+        "search: loaded {n} entries ({accounts} accounts) in {:.1?}",
+        started.elapsed()
+    );
     // 54321 of 100,000; scaled down with a smaller directory.
     let target = accounts * 54_321 / ACCOUNTS;
     let eq_mail = format!("(mail=user{target}@example.org)");
-    let prefixed = (0..accounts).filter(|n| n.to_string().starts_with("1234")).count();
+    let prefixed = (0..accounts)
+        .filter(|n| n.to_string().starts_with("1234"))
+        .count();
 
     let mut g = c.benchmark_group("search");
-    g.sample_size(30).measurement_time(Duration::from_secs(4));
+    // Flat sampling: the substring search takes milliseconds, and linear sampling would
+    // need 465 iterations for 30 samples.
+    g.sample_size(30)
+        .measurement_time(Duration::from_secs(4))
+        .sampling_mode(SamplingMode::Flat);
     for (name, text, expect) in [
         ("eq_mail", eq_mail.as_str(), 1),
         ("eq_uid", "(uid=user777)", usize::from(accounts > 777)),
         ("sub_mail_initial", "(mail=user1234*)", prefixed),
     ] {
         let filter = Filter::parse(text).unwrap();
-        let req = SearchRequest { base: "dc=pigeonair", scope: Scope::Subtree, filter: &filter, size_limit: 0, deadline: None };
+        let req = SearchRequest {
+            base: "dc=pigeonair",
+            scope: Scope::Subtree,
+            filter: &filter,
+            size_limit: 0,
+            deadline: None,
+            hidden: &[],
+            viewer_key: "",
+        };
         let count = || {
             let mut found = 0usize;
-            dir.view().unwrap().search(&req, |_, _| { found += 1; true }).unwrap();
+            dir.view()
+                .unwrap()
+                .search(&req, |_, _| {
+                    found += 1;
+                    true
+                })
+                .unwrap();
             found
         };
         assert_eq!(count(), expect, "{text}");

@@ -265,12 +265,26 @@ impl Cluster {
     pub async fn write(&self, cmd: DirectoryCommand) -> Result<(), DirError> {
         let deadline = Instant::now() + self.write_timeout;
         let mut delay = Duration::from_millis(20);
+        let unavailable = || DirError::Unavailable("no leader could take the write in time".into());
         loop {
-            match self.raft.client_write(ClusterRequest::Directory(cmd.clone())).await {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let proposed = match tokio::time::timeout(left, self.raft.client_write(ClusterRequest::Directory(cmd.clone()))).await {
+                Ok(r) => r,
+                // Proposed here but not committed in time: this node lost its majority.
+                Err(_) => return Err(unavailable()),
+            };
+            match proposed {
                 Ok(resp) => return resp.data.0,
                 Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
                     if let Some(node) = f.leader_node {
-                        match self.dialer.call::<_, WriteReply>(&node.addr, Service::Write, &ClusterRequest::Directory(cmd.clone())).await {
+                        let left = deadline.saturating_duration_since(Instant::now());
+                        let request = ClusterRequest::Directory(cmd.clone());
+                        let forwarded = self.dialer.call::<_, WriteReply>(&node.addr, Service::Write, &request);
+                        let reply = match tokio::time::timeout(left, forwarded).await {
+                            Ok(r) => r,
+                            Err(_) => return Err(unavailable()),
+                        };
+                        match reply {
                             Ok(WriteReply::Applied { index, result }) => {
                                 let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_secs(1));
                                 return match tokio::time::timeout(left, self.sm.wait_applied(index)).await {
@@ -286,7 +300,7 @@ impl Cluster {
                 Err(e) => return Err(DirError::Unavailable(format!("the cluster cannot take writes: {e}"))),
             }
             if Instant::now() + delay >= deadline {
-                return Err(DirError::Unavailable("no leader could take the write in time".into()));
+                return Err(unavailable());
             }
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(Duration::from_millis(200));
@@ -546,7 +560,12 @@ impl Handler for ClusterHandler {
                         Ok(Some(r)) => r,
                         _ => return,
                     };
-                    let reply = match cluster.raft.client_write(req).await {
+                    let proposed = tokio::time::timeout(cluster.write_timeout, cluster.raft.client_write(req)).await;
+                    let Ok(proposed) = proposed else {
+                        let _ = transport::write_frame(&mut stream, &WriteReply::Failed("not committed in time".into())).await;
+                        return;
+                    };
+                    let reply = match proposed {
                         Ok(resp) => WriteReply::Applied { index: resp.log_id.index, result: resp.data.0 },
                         Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => WriteReply::NotLeader(f.leader_node.map(|n| n.addr)),
                         Err(e) => WriteReply::Failed(e.to_string()),
