@@ -46,9 +46,9 @@ impl Default for ClusterConfig {
         ClusterConfig {
             listen: "127.0.0.1:7400".parse().expect("a valid literal address"),
             advertise: None,
-            heartbeat_ms: 100,
-            election_timeout_min_ms: 300,
-            election_timeout_max_ms: 600,
+            heartbeat_ms: 50,
+            election_timeout_min_ms: 150,
+            election_timeout_max_ms: 300,
             write_timeout_ms: 5000,
             snapshot_every: 5000,
         }

@@ -75,6 +75,8 @@ pub enum AdminRequest {
     /// Have this node call an election now (moves leadership to it if its log is
     /// up to date: the failover drill uses it).
     Elect,
+    /// Step down if this node leads: it falls silent until another leader is elected.
+    StepDown,
     /// Write through this node's write path (forwarded to the leader as needed).
     Write(DirectoryCommand),
     /// Count the entries of a subtree on this node's replica (a local read).
@@ -103,7 +105,7 @@ pub enum AdminReply {
 }
 
 /// Handle one request on this node.
-pub async fn handle(cluster: &Cluster, req: AdminRequest) -> AdminReply {
+pub async fn handle(cluster: &std::sync::Arc<Cluster>, req: AdminRequest) -> AdminReply {
     let actor = format!("cn=node-{},ou=nodes,{}", cluster.node_id, cluster.suffix());
     match req {
         AdminRequest::Status => AdminReply::Status(cluster.status()),
@@ -155,6 +157,10 @@ pub async fn handle(cluster: &Cluster, req: AdminRequest) -> AdminReply {
             }
         }
         AdminRequest::RemoveNode(id) => remove_node(cluster, id).await,
+        AdminRequest::StepDown => match cluster.step_down(std::time::Duration::from_secs(10)) {
+            true => AdminReply::Done,
+            false => AdminReply::Error("this node is not the leader".into()),
+        },
         AdminRequest::Write(cmd) => AdminReply::Written(cluster.write(cmd).await),
         AdminRequest::Count(base) => {
             let filter = Filter::Present("objectClass".into());

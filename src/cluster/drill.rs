@@ -3,8 +3,8 @@
 //!
 //! Steps: check every member answers and the cluster can lose a voter (at least three
 //! voters); start one writer and one reader per node (through the node's own write
-//! path and its local replica); ask a follower to call an election; keep going for a
-//! while; then check that every acknowledged write is on every node and that all
+//! path and its local replica); make the leader fall silent (it stops sending
+//! heartbeats) until the others elect a new one; keep going for a while; then check that every acknowledged write is on every node and that all
 //! directory digests agree. Drill entries live under `ou=drill-<time>,ou=system` and are
 //! removed afterwards.
 
@@ -30,7 +30,7 @@ pub struct DrillReport {
     pub old_leader: NodeId,
     /// The leader after it.
     pub new_leader: Option<NodeId>,
-    /// From the election request until a new leader was seen, in milliseconds.
+    /// From the leader falling silent until a new leader was seen, in milliseconds.
     pub time_to_new_leader_ms: u64,
     /// The longest time between two acknowledged writes (across all writers), in ms.
     pub longest_write_gap_ms: u64,
@@ -174,20 +174,21 @@ pub async fn run(config: &Config, identity: &TlsIdentity, settle: Duration) -> R
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
 
-    // Move leadership: a follower voter calls an election.
+    // The leader falls silent (no heartbeats, no replication) until another is elected.
     let target = statuses.iter().find(|s| s.id != leader.id && leader.voters.contains(&s.id)).ok_or("no follower voter")?.clone();
     let elect_at = Instant::now();
-    let _ = call(&dialer, &target.addr, &AdminRequest::Elect).await;
+    match call(&dialer, &leader.addr, &AdminRequest::StepDown).await? {
+        AdminReply::Done => {}
+        other => return Err(format!("the leader did not step down: {other:?}")),
+    }
     let mut new_leader = None;
     let mut time_to_new_leader = Duration::ZERO;
-    while elect_at.elapsed() < Duration::from_secs(10) {
+    while elect_at.elapsed() < Duration::from_secs(15) {
         if let Ok(s) = status(&dialer, &target.addr).await {
-            if s.term > leader.term {
-                if let Some(l) = s.leader {
-                    new_leader = Some(l);
-                    time_to_new_leader = elect_at.elapsed();
-                    break;
-                }
+            if let Some(l) = s.leader.filter(|l| *l != leader.id && s.term > leader.term) {
+                new_leader = Some(l);
+                time_to_new_leader = elect_at.elapsed();
+                break;
             }
         }
         tokio::time::sleep(Duration::from_millis(10)).await;

@@ -90,6 +90,7 @@ pub struct Cluster {
     /// The address the cluster port is bound to (when serving).
     pub cluster_addr: Option<std::net::SocketAddr>,
     shutdown: watch::Sender<bool>,
+    muted: Arc<std::sync::atomic::AtomicBool>,
 }
 
 fn raft_config(config: &Config, cluster_id: &str) -> Result<Arc<openraft::Config>, String> {
@@ -135,7 +136,8 @@ impl Cluster {
         let log_store = LogStore::open(&data_dir).map_err(|e| e.to_string())?;
         let sm = StateMachine::open(dir.clone(), &data_dir).map_err(|e| e.to_string())?;
         let dialer = Arc::new(Dialer::new(&identity).map_err(|e| e.to_string())?);
-        let raft = Raft::new(state.node_id, raft_config(config, &state.cluster_id)?, Network::new(dialer.clone()), log_store, sm.clone())
+        let muted = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let raft = Raft::new(state.node_id, raft_config(config, &state.cluster_id)?, Network::new(dialer.clone(), muted.clone()), log_store, sm.clone())
             .await
             .map_err(|e| e.to_string())?;
         let (shutdown, rx) = watch::channel(false);
@@ -152,6 +154,7 @@ impl Cluster {
             write_timeout: Duration::from_millis(config.cluster.write_timeout_ms),
             cluster_addr: None,
             shutdown,
+            muted,
         };
         let listener = if serve {
             let l = TcpListener::bind(config.cluster.listen).await.map_err(|e| format!("cluster: cannot listen on {}: {e}", config.cluster.listen))?;
@@ -501,8 +504,24 @@ impl Cluster {
             .clamp(1, 5)
     }
 
-    async fn handle_admin(&self, req: AdminRequest) -> AdminReply {
+    async fn handle_admin(self: &Arc<Self>, req: AdminRequest) -> AdminReply {
         admin::handle(self, req).await
+    }
+
+    /// Step down as leader for a drill: fall silent (no Raft RPCs out) until another
+    /// leader is elected, or at most `limit`. False when this node does not lead.
+    pub fn step_down(self: &Arc<Self>, limit: Duration) -> bool {
+        if self.raft.metrics().borrow().current_leader != Some(self.node_id) {
+            return false;
+        }
+        self.muted.store(true, std::sync::atomic::Ordering::Relaxed);
+        let me = self.clone();
+        tokio::spawn(async move {
+            let id = me.node_id;
+            let _ = me.raft.wait(Some(limit)).metrics(|m| m.current_leader.is_some_and(|l| l != id), "another leader").await;
+            me.muted.store(false, std::sync::atomic::Ordering::Relaxed);
+        });
+        true
     }
 
     /// The node's data directory.

@@ -1,6 +1,7 @@
 //! openraft's network over the cluster transport: one request frame and one reply frame
 //! per RPC on a pooled TLS connection (ALPN `pa-raft/1`).
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
@@ -64,12 +65,15 @@ where
 #[derive(Clone)]
 pub struct Network {
     dialer: Arc<Dialer>,
+    muted: Arc<AtomicBool>,
 }
 
 impl Network {
-    /// A network that dials peers with the node's own certificate.
-    pub fn new(dialer: Arc<Dialer>) -> Network {
-        Network { dialer }
+    /// A network that dials peers with the node's own certificate. While `muted` is
+    /// set, this node sends no Raft RPCs at all (no heartbeats, no replication, no
+    /// votes): the failover drill uses it to make a leader fall silent.
+    pub fn new(dialer: Arc<Dialer>, muted: Arc<AtomicBool>) -> Network {
+        Network { dialer, muted }
     }
 }
 
@@ -77,7 +81,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = PeerConnection;
 
     async fn new_client(&mut self, target: NodeId, node: &ClusterNode) -> PeerConnection {
-        PeerConnection { dialer: self.dialer.clone(), target, addr: node.addr.clone() }
+        PeerConnection { dialer: self.dialer.clone(), target, addr: node.addr.clone(), muted: self.muted.clone() }
     }
 }
 
@@ -86,6 +90,7 @@ pub struct PeerConnection {
     dialer: Arc<Dialer>,
     target: NodeId,
     addr: String,
+    muted: Arc<AtomicBool>,
 }
 
 fn transport_error<E: std::error::Error>(e: TransportError) -> RPCError<NodeId, ClusterNode, E> {
@@ -99,6 +104,9 @@ fn transport_error<E: std::error::Error>(e: TransportError) -> RPCError<NodeId, 
 
 impl PeerConnection {
     async fn call(&self, rpc: RaftRpc, option: &RPCOption) -> Result<RaftRpcReply, TransportError> {
+        if self.muted.load(Ordering::Relaxed) {
+            return Err(TransportError::Refused("this node is muted by a failover drill".into()));
+        }
         match tokio::time::timeout(option.hard_ttl(), self.dialer.call(&self.addr, Service::Raft, &rpc)).await {
             Ok(r) => r,
             Err(_) => Err(TransportError::Timeout),
