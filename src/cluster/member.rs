@@ -176,6 +176,7 @@ impl Cluster {
             let c = cluster.clone();
             tokio::spawn(async move { c.register_self().await });
         }
+        tokio::spawn(maintain_voters(cluster.clone()));
         if cluster.sm.directory().meta(OFFLINE_IMPORT).ok().flatten().is_some() {
             let c = cluster.clone();
             tokio::spawn(async move { c.publish_offline_import().await });
@@ -474,9 +475,6 @@ impl Cluster {
             return JoinReply::Refused(format!("could not add the node: {e}"));
         }
         tracing::info!(node_id, name = %req.name, addr = %req.advertise, "node joined as a learner");
-        let raft = self.raft.clone();
-        let target = self.voter_target();
-        tokio::spawn(async move { promote_when_caught_up(raft, node_id, node, target).await });
         let members = membership.nodes().map(|(id, n)| (*id, n.clone())).collect();
         JoinReply::Accepted(Box::new(JoinGrant {
             node_id,
@@ -540,24 +538,35 @@ impl Cluster {
     }
 }
 
-/// Wait until a learner has caught up, then make it a voter if the cluster has fewer
-/// voters than its target.
-async fn promote_when_caught_up(raft: Raft, node_id: NodeId, node: ClusterNode, target: usize) {
-    // add_learner with blocking=true returns once the learner's log matches.
-    if let Err(e) = raft.add_learner(node_id, node, true).await {
-        tracing::warn!(node_id, error = %e, "learner did not catch up");
-        return;
-    }
-    let m = raft.metrics().borrow().clone();
-    let voters: BTreeSet<NodeId> = m.membership_config.membership().voter_ids().collect();
-    if voters.len() >= target || voters.contains(&node_id) {
-        return;
-    }
-    let mut next = voters.clone();
-    next.insert(node_id);
-    match raft.change_membership(next, false).await {
-        Ok(_) => tracing::info!(node_id, "promoted to voter"),
-        Err(e) => tracing::warn!(node_id, error = %e, "promotion to voter failed"),
+/// On the leader: while the cluster has fewer voters than its target, promote a learner
+/// whose log has caught up. Runs for the node's life; idle unless this node leads.
+async fn maintain_voters(cluster: Arc<Cluster>) {
+    let mut shutdown = cluster.shutdown.subscribe();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            _ = shutdown.changed() => return,
+        }
+        let m = cluster.raft.metrics().borrow().clone();
+        if m.current_leader != Some(cluster.node_id) {
+            continue;
+        }
+        let membership = m.membership_config.membership().clone();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        if voters.len() >= cluster.voter_target() {
+            continue;
+        }
+        let last = m.last_log_index.unwrap_or(0);
+        let caught_up = |id: &NodeId| {
+            m.replication.as_ref().and_then(|r| r.get(id)).and_then(|l| l.map(|l| l.index)).is_some_and(|i| i + 10 >= last)
+        };
+        let Some(learner) = membership.learner_ids().find(caught_up) else { continue };
+        let mut next = voters.clone();
+        next.insert(learner);
+        match cluster.raft.change_membership(next, false).await {
+            Ok(_) => tracing::info!(node_id = learner, "promoted to voter"),
+            Err(e) => tracing::warn!(node_id = learner, error = %e, "promotion to voter failed"),
+        }
     }
 }
 
