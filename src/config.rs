@@ -58,7 +58,9 @@ impl Default for ClusterConfig {
 impl ClusterConfig {
     /// The address other nodes use to reach this one.
     pub fn advertised(&self) -> String {
-        self.advertise.clone().unwrap_or_else(|| self.listen.to_string())
+        self.advertise
+            .clone()
+            .unwrap_or_else(|| self.listen.to_string())
     }
 }
 
@@ -102,6 +104,15 @@ pub struct LdapConfig {
     pub size_limit: usize,
     /// The longest a search may run, in seconds (0: no limit).
     pub time_limit_secs: u64,
+    /// LDAPS listeners (TLS from the first byte).
+    pub listen_tls: Vec<SocketAddr>,
+    /// The server certificate chain (PEM); enables LDAPS and StartTLS.
+    pub tls_cert: Option<PathBuf>,
+    /// The server key (PEM).
+    pub tls_key: Option<PathBuf>,
+    /// Refuse simple binds on unencrypted connections (default: on, except on loopback
+    /// listeners).
+    pub require_tls_for_bind: Option<bool>,
 }
 
 impl Default for Config {
@@ -163,6 +174,10 @@ impl Default for LdapConfig {
             max_outstanding: 64,
             size_limit: 0,
             time_limit_secs: 60,
+            listen_tls: Vec::new(),
+            tls_cert: None,
+            tls_key: None,
+            require_tls_for_bind: None,
         }
     }
 }
@@ -211,8 +226,17 @@ impl Config {
         if self.ldap.max_outstanding == 0 {
             problems.push("ldap.max_outstanding must be at least 1".into());
         }
+        if self.ldap.tls_cert.is_some() != self.ldap.tls_key.is_some() {
+            problems.push("ldap.tls_cert and ldap.tls_key go together".into());
+        }
+        if !self.ldap.listen_tls.is_empty() && self.ldap.tls_cert.is_none() {
+            problems.push("ldap.listen_tls needs ldap.tls_cert and ldap.tls_key".into());
+        }
         let c = &self.cluster;
-        if c.heartbeat_ms == 0 || c.election_timeout_min_ms <= c.heartbeat_ms || c.election_timeout_max_ms <= c.election_timeout_min_ms {
+        if c.heartbeat_ms == 0
+            || c.election_timeout_min_ms <= c.heartbeat_ms
+            || c.election_timeout_max_ms <= c.election_timeout_min_ms
+        {
             problems.push("cluster: need 0 < heartbeat_ms < election_timeout_min_ms < election_timeout_max_ms".into());
         }
         if c.snapshot_every < 10 {

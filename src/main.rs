@@ -8,6 +8,10 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
+use pigeonair::cluster::admin::{AdminReply, AdminRequest};
+use pigeonair::cluster::pki::PkiFiles;
+use pigeonair::cluster::transport::{Dialer, Service};
+use pigeonair::cluster::Cluster;
 use pigeonair::config::Config;
 use pigeonair::directory::dn::Dn;
 use pigeonair::directory::entry::Attribute;
@@ -16,10 +20,6 @@ use pigeonair::directory::{
     hash_clear_passwords, Change, ChangeOp, DirectoryCommand, Scope, SearchRequest, WriteMeta,
 };
 use pigeonair::ldif::{self, LdifRecord, ModOp};
-use pigeonair::cluster::admin::{AdminReply, AdminRequest};
-use pigeonair::cluster::pki::PkiFiles;
-use pigeonair::cluster::transport::{Dialer, Service};
-use pigeonair::cluster::Cluster;
 use pigeonair::node::{self, DemoAccount, NewCluster, Node};
 
 #[derive(Parser)]
@@ -46,6 +46,9 @@ enum Command {
         /// The LDAP listener address.
         #[arg(long, default_value = "127.0.0.1:3389")]
         ldap_listen: SocketAddr,
+        /// The LDAPS listener address.
+        #[arg(long, default_value = "127.0.0.1:3636")]
+        ldaps_listen: SocketAddr,
         /// The cluster port's address.
         #[arg(long, default_value = "127.0.0.1:7400")]
         cluster_listen: SocketAddr,
@@ -207,15 +210,28 @@ fn real_main() -> Result<()> {
             data_dir,
             admin_password,
             ldap_listen,
+            ldaps_listen,
             cluster_listen,
-        } => quickstart(data_dir, admin_password, ldap_listen, cluster_listen),
+        } => quickstart(
+            data_dir,
+            admin_password,
+            ldap_listen,
+            ldaps_listen,
+            cluster_listen,
+        ),
         Command::Init {
             config,
             admin_password,
         } => init(&config, admin_password),
         Command::Run { config } => run(&config),
-        Command::Join { config, token, peer } => join(&config, &token, &peer),
-        Command::Token { command: TokenCommand::Create { config, ttl, uses } } => {
+        Command::Join {
+            config,
+            token,
+            peer,
+        } => join(&config, &token, &peer),
+        Command::Token {
+            command: TokenCommand::Create { config, ttl, uses },
+        } => {
             let ttl_secs = parse_duration(&ttl)?;
             match admin_call(&config, AdminRequest::CreateToken { ttl_secs, uses })? {
                 AdminReply::Token(t) => {
@@ -225,7 +241,9 @@ fn real_main() -> Result<()> {
                 other => bail!("{}", reply_error(other)),
             }
         }
-        Command::Token { command: TokenCommand::List { config } } => match admin_call(&config, AdminRequest::ListTokens)? {
+        Command::Token {
+            command: TokenCommand::List { config },
+        } => match admin_call(&config, AdminRequest::ListTokens)? {
             AdminReply::Tokens(list) => {
                 println!("{:<12} {:<17} {}", "ID", "EXPIRES", "USES");
                 for t in list {
@@ -235,11 +253,15 @@ fn real_main() -> Result<()> {
             }
             other => bail!("{}", reply_error(other)),
         },
-        Command::Token { command: TokenCommand::Revoke { id, config } } => match admin_call(&config, AdminRequest::RevokeToken(id))? {
+        Command::Token {
+            command: TokenCommand::Revoke { id, config },
+        } => match admin_call(&config, AdminRequest::RevokeToken(id))? {
             AdminReply::Done => Ok(()),
             other => bail!("{}", reply_error(other)),
         },
-        Command::Node { command: NodeCommand::Remove { id, config } } => match admin_call(&config, AdminRequest::RemoveNode(id))? {
+        Command::Node {
+            command: NodeCommand::Remove { id, config },
+        } => match admin_call(&config, AdminRequest::RemoveNode(id))? {
             AdminReply::Done => {
                 println!("node {id} removed");
                 Ok(())
@@ -247,7 +269,11 @@ fn real_main() -> Result<()> {
             other => bail!("{}", reply_error(other)),
         },
         Command::Status { config, json } => status(&config, json),
-        Command::Drill { config, json, settle_secs } => drill(&config, json, settle_secs),
+        Command::Drill {
+            config,
+            json,
+            settle_secs,
+        } => drill(&config, json, settle_secs),
         Command::Ldif {
             command:
                 LdifCommand::Import {
@@ -286,30 +312,70 @@ fn quickstart(
     data_dir: PathBuf,
     admin_password: Option<String>,
     ldap_listen: SocketAddr,
+    ldaps_listen: SocketAddr,
     cluster_listen: SocketAddr,
 ) -> Result<()> {
     let mut config = Config::default();
     config.node.data_dir = data_dir.clone();
     config.ldap.listen = vec![ldap_listen];
     config.cluster.listen = cluster_listen;
+    config.ldap.listen_tls = vec![ldaps_listen];
+    let tls_dir = data_dir.join("tls");
+    let (cert_path, key_path) = (tls_dir.join("ldap-cert.pem"), tls_dir.join("ldap-key.pem"));
+    if !cert_path.exists() {
+        std::fs::create_dir_all(&tls_dir)?;
+        let hosts = vec![
+            "localhost".to_string(),
+            ldap_listen.ip().to_string(),
+            ldaps_listen.ip().to_string(),
+        ];
+        let cert = pigeonair::cluster::pki::self_signed_server(&hosts)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        write_private(&cert_path, &cert.cert_pem)?;
+        write_private(&key_path, &cert.key_pem)?;
+    }
+    config.ldap.tls_cert = Some(cert_path.clone());
+    config.ldap.tls_key = Some(key_path);
     let creds_path = data_dir.join("quickstart-credentials.toml");
     let existing = if node::is_initialised(&data_dir) {
         let text = std::fs::read_to_string(&creds_path).with_context(|| {
-            format!("{} holds data but no {}; use `pigeonair run` for it", data_dir.display(), creds_path.display())
+            format!(
+                "{} holds data but no {}; use `pigeonair run` for it",
+                data_dir.display(),
+                creds_path.display()
+            )
         })?;
-        Some(toml::from_str::<QuickstartCredentials>(&text).context("reading the quickstart credentials")?)
+        Some(
+            toml::from_str::<QuickstartCredentials>(&text)
+                .context("reading the quickstart credentials")?,
+        )
     } else {
         None
     };
     let rt = runtime()?;
     rt.block_on(async {
         let (node, creds) = match existing {
-            Some(creds) => (Node::start(&config, None).await.map_err(anyhow::Error::msg)?.0, creds),
+            Some(creds) => (
+                Node::start(&config, None)
+                    .await
+                    .map_err(anyhow::Error::msg)?
+                    .0,
+                creds,
+            ),
             None => {
-                let admin_password = admin_password.unwrap_or_else(pigeonair::directory::password::generate);
-                let new = NewCluster { admin_password: admin_password.clone(), demo: true };
-                let (node, accounts) = Node::start(&config, Some(&new)).await.map_err(anyhow::Error::msg)?;
-                let creds = QuickstartCredentials { admin_password, accounts };
+                let admin_password =
+                    admin_password.unwrap_or_else(pigeonair::directory::password::generate);
+                let new = NewCluster {
+                    admin_password: admin_password.clone(),
+                    demo: true,
+                };
+                let (node, accounts) = Node::start(&config, Some(&new))
+                    .await
+                    .map_err(anyhow::Error::msg)?;
+                let creds = QuickstartCredentials {
+                    admin_password,
+                    accounts,
+                };
                 write_private(&creds_path, &toml::to_string(&creds)?)?;
                 write_private(&data_dir.join("pigeonair.toml"), &config.to_toml())?;
                 (node, creds)
@@ -320,6 +386,14 @@ fn quickstart(
         for addr in &node.ldap_addrs {
             writeln!(out, "  ldap:      ldap://{addr}")?;
         }
+        for addr in &node.ldaps_addrs {
+            writeln!(out, "  ldaps:     ldaps://{addr}")?;
+        }
+        writeln!(
+            out,
+            "  tls cert:  {} (self-signed; LDAPTLS_CACERT={0})",
+            cert_path.display()
+        )?;
         if let Some(addr) = node.cluster.cluster_addr {
             writeln!(out, "  cluster:   {addr}")?;
         }
@@ -327,7 +401,11 @@ fn quickstart(
         writeln!(out, "  admin:     {}", config.admin_dn())?;
         writeln!(out, "  password:  {}", creds.admin_password)?;
         for a in &creds.accounts {
-            writeln!(out, "  account:   {} {} password: {}", a.mail, a.dn, a.password)?;
+            writeln!(
+                out,
+                "  account:   {} {} password: {}",
+                a.mail, a.dn, a.password
+            )?;
         }
         writeln!(out, "  data:      {}", data_dir.display())?;
         writeln!(out, "ready")?;
@@ -367,13 +445,21 @@ fn init(config_path: &Path, admin_password: Option<String>) -> Result<()> {
     let password = admin_password.unwrap_or_else(pigeonair::directory::password::generate);
     let cluster_id = runtime()?.block_on(async {
         let dir = std::sync::Arc::new(node::open_directory(&config).map_err(anyhow::Error::msg)?);
-        let new = NewCluster { admin_password: password.clone(), demo: false };
-        let (cluster, _) = node::create_cluster(&config, dir, &new, false).await.map_err(anyhow::Error::msg)?;
+        let new = NewCluster {
+            admin_password: password.clone(),
+            demo: false,
+        };
+        let (cluster, _) = node::create_cluster(&config, dir, &new, false)
+            .await
+            .map_err(anyhow::Error::msg)?;
         let id = cluster.cluster_id.clone();
         cluster.shutdown().await;
         Ok::<_, anyhow::Error>(id)
     })?;
-    println!("initialised {} as the first node of cluster {cluster_id}", config.node.data_dir.display());
+    println!(
+        "initialised {} as the first node of cluster {cluster_id}",
+        config.node.data_dir.display()
+    );
     println!("  admin:     {}", config.admin_dn());
     if generated {
         println!("  password:  {password}");
@@ -394,9 +480,14 @@ fn run(config_path: &Path) -> Result<()> {
 }
 
 async fn serve_node(config: &Config) -> Result<()> {
-    let (node, _) = Node::start(config, None).await.map_err(anyhow::Error::msg)?;
+    let (node, _) = Node::start(config, None)
+        .await
+        .map_err(anyhow::Error::msg)?;
     for addr in &node.ldap_addrs {
         println!("ldap: ldap://{addr}");
+    }
+    for addr in &node.ldaps_addrs {
+        println!("ldaps: ldaps://{addr}");
     }
     if let Some(addr) = node.cluster.cluster_addr {
         println!("cluster: {addr}");
@@ -412,12 +503,20 @@ async fn serve_node(config: &Config) -> Result<()> {
 fn join(config_path: &Path, token: &str, peer: &str) -> Result<()> {
     let config = Config::load(config_path).map_err(anyhow::Error::msg)?;
     if node::is_initialised(&config.node.data_dir) {
-        bail!("{} already belongs to a cluster; run it with `pigeonair run`", config.node.data_dir.display());
+        bail!(
+            "{} already belongs to a cluster; run it with `pigeonair run`",
+            config.node.data_dir.display()
+        );
     }
     std::fs::create_dir_all(&config.node.data_dir)?;
     runtime()?.block_on(async {
-        let grant = Cluster::join(&config, token, peer).await.map_err(anyhow::Error::msg)?;
-        println!("joined cluster {} as node {}", grant.cluster_id, grant.node_id);
+        let grant = Cluster::join(&config, token, peer)
+            .await
+            .map_err(anyhow::Error::msg)?;
+        println!(
+            "joined cluster {} as node {}",
+            grant.cluster_id, grant.node_id
+        );
         serve_node(&config).await
     })
 }
@@ -425,7 +524,9 @@ fn join(config_path: &Path, token: &str, peer: &str) -> Result<()> {
 fn parse_duration(s: &str) -> Result<u64> {
     let s = s.trim();
     let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = num.parse().with_context(|| format!("bad duration {s:?} (use 30m, 1h, 2d)"))?;
+    let n: u64 = num
+        .parse()
+        .with_context(|| format!("bad duration {s:?} (use 30m, 1h, 2d)"))?;
     let mult = match unit {
         "" | "s" => 1,
         "m" => 60,
@@ -446,17 +547,24 @@ fn reply_error(reply: AdminReply) -> String {
 /// Send one request to the local node's cluster port with the node's own certificate.
 fn admin_call(config_path: &Path, req: AdminRequest) -> Result<AdminReply> {
     let config = Config::load(config_path).map_err(anyhow::Error::msg)?;
-    let identity = PkiFiles::new(&config.node.data_dir).load_identity().map_err(|e| anyhow::anyhow!("{e} (run this on a node, with its configuration)"))?;
+    let identity = PkiFiles::new(&config.node.data_dir)
+        .load_identity()
+        .map_err(|e| anyhow::anyhow!("{e} (run this on a node, with its configuration)"))?;
     runtime()?.block_on(async {
         let dialer = Dialer::new(&identity).map_err(|e| anyhow::anyhow!("{e}"))?;
         let addr = config.cluster.advertised();
-        dialer.call::<_, AdminReply>(&addr, Service::Status, &req).await.map_err(|e| anyhow::anyhow!("cannot reach the node at {addr}: {e}"))
+        dialer
+            .call::<_, AdminReply>(&addr, Service::Status, &req)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot reach the node at {addr}: {e}"))
     })
 }
 
 fn status(config_path: &Path, json: bool) -> Result<()> {
     let reply = admin_call(config_path, AdminRequest::ClusterStatus)?;
-    let AdminReply::Cluster(members) = reply else { bail!("{}", reply_error(reply)) };
+    let AdminReply::Cluster(members) = reply else {
+        bail!("{}", reply_error(reply))
+    };
     if json {
         let list: Vec<serde_json::Value> = members
             .iter()
@@ -465,16 +573,31 @@ fn status(config_path: &Path, json: bool) -> Result<()> {
                 Err(e) => serde_json::json!({ "id": id, "addr": addr, "error": e }),
             })
             .collect();
-        println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "nodes": list }))?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({ "nodes": list }))?
+        );
         return Ok(());
     }
-    let leader_last = members.iter().filter_map(|(_, _, s)| s.as_ref().ok()).find(|s| s.role == "leader").map(|s| s.last_log);
-    println!("{:<4} {:<10} {:<22} {:<10} {:>5} {:>6} {:>8} {:>5}  {}", "ID", "NAME", "ADDRESS", "ROLE", "TERM", "LEADER", "APPLIED", "LAG", "DIGEST");
+    let leader_last = members
+        .iter()
+        .filter_map(|(_, _, s)| s.as_ref().ok())
+        .find(|s| s.role == "leader")
+        .map(|s| s.last_log);
+    println!(
+        "{:<4} {:<10} {:<22} {:<10} {:>5} {:>6} {:>8} {:>5}  {}",
+        "ID", "NAME", "ADDRESS", "ROLE", "TERM", "LEADER", "APPLIED", "LAG", "DIGEST"
+    );
     for (id, addr, s) in &members {
         match s {
             Ok(s) => {
-                let lag = leader_last.map(|l| l.saturating_sub(s.applied).to_string()).unwrap_or_else(|| "?".into());
-                let leader = s.leader.map(|l| l.to_string()).unwrap_or_else(|| "-".into());
+                let lag = leader_last
+                    .map(|l| l.saturating_sub(s.applied).to_string())
+                    .unwrap_or_else(|| "?".into());
+                let leader = s
+                    .leader
+                    .map(|l| l.to_string())
+                    .unwrap_or_else(|| "-".into());
                 println!(
                     "{:<4} {:<10} {:<22} {:<10} {:>5} {:>6} {:>8} {:>5}  {}",
                     s.id,
@@ -496,8 +619,16 @@ fn status(config_path: &Path, json: bool) -> Result<()> {
 
 fn drill(config_path: &Path, json: bool, settle_secs: u64) -> Result<()> {
     let config = Config::load(config_path).map_err(anyhow::Error::msg)?;
-    let identity = PkiFiles::new(&config.node.data_dir).load_identity().map_err(|e| anyhow::anyhow!("{e}"))?;
-    let report = runtime()?.block_on(pigeonair::cluster::drill::run(&config, &identity, std::time::Duration::from_secs(settle_secs))).map_err(anyhow::Error::msg)?;
+    let identity = PkiFiles::new(&config.node.data_dir)
+        .load_identity()
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let report = runtime()?
+        .block_on(pigeonair::cluster::drill::run(
+            &config,
+            &identity,
+            std::time::Duration::from_secs(settle_secs),
+        ))
+        .map_err(anyhow::Error::msg)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

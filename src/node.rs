@@ -10,8 +10,8 @@ use tokio::sync::watch;
 use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::directory::dn::Dn;
-use crate::directory::WritePath;
 use crate::directory::schema::Schema;
+use crate::directory::WritePath;
 use crate::directory::{Directory, DirectorySettings};
 use crate::ldap::{self, LdapContext};
 
@@ -31,6 +31,28 @@ pub fn open_directory(config: &Config) -> Result<Directory, String> {
     Directory::open(&config.node.data_dir, schema, &settings)
 }
 
+/// The TLS acceptor for LDAPS and StartTLS, when a certificate is configured.
+pub fn ldap_tls_acceptor(config: &Config) -> Result<Option<tokio_rustls::TlsAcceptor>, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let (Some(cert), Some(key)) = (&config.ldap.tls_cert, &config.ldap.tls_key) else {
+        return Ok(None);
+    };
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| format!("{}: {e}", cert.display()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("{}: {e}", cert.display()))?;
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| format!("{}: {e}", key.display()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let server = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| format!("ldap TLS certificate: {e}"))?;
+    Ok(Some(tokio_rustls::TlsAcceptor::from(Arc::new(server))))
+}
+
 /// A running node.
 pub struct Node {
     /// The directory replica.
@@ -39,6 +61,8 @@ pub struct Node {
     pub cluster: Arc<Cluster>,
     /// The addresses the LDAP listeners are bound to.
     pub ldap_addrs: Vec<SocketAddr>,
+    /// The addresses the LDAPS listeners are bound to.
+    pub ldaps_addrs: Vec<SocketAddr>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -76,11 +100,17 @@ pub async fn create_cluster(
 impl Node {
     /// Open storage, join the cluster's Raft group and start the services. With `new`,
     /// first create a cluster whose first node this is.
-    pub async fn start(config: &Config, new: Option<&NewCluster>) -> Result<(Node, Vec<DemoAccount>), String> {
+    pub async fn start(
+        config: &Config,
+        new: Option<&NewCluster>,
+    ) -> Result<(Node, Vec<DemoAccount>), String> {
         let directory = Arc::new(open_directory(config)?);
         let (cluster, accounts) = match new {
             Some(n) => create_cluster(config, directory.clone(), n, true).await?,
-            None => (Cluster::start(config, directory.clone(), true).await?, Vec::new()),
+            None => (
+                Cluster::start(config, directory.clone(), true).await?,
+                Vec::new(),
+            ),
         };
         let (shutdown, rx) = watch::channel(false);
         let ctx = Arc::new(LdapContext::new(
@@ -89,16 +119,46 @@ impl Node {
             config.ldap.clone(),
             &[config.admin_dn()],
         )?);
+        let acceptor = ldap_tls_acceptor(config)?;
         let mut ldap_addrs = Vec::new();
+        let mut ldaps_addrs = Vec::new();
         let mut tasks = Vec::new();
-        for addr in &config.ldap.listen {
+        let listeners = config
+            .ldap
+            .listen
+            .iter()
+            .map(|a| (a, false))
+            .chain(config.ldap.listen_tls.iter().map(|a| (a, true)));
+        for (addr, implicit) in listeners {
             let listener = TcpListener::bind(addr)
                 .await
                 .map_err(|e| format!("ldap: cannot listen on {addr}: {e}"))?;
-            ldap_addrs.push(listener.local_addr().map_err(|e| e.to_string())?);
-            tasks.push(tokio::spawn(ldap::serve(ctx.clone(), listener, rx.clone())));
+            let bound = listener.local_addr().map_err(|e| e.to_string())?;
+            let tls = match (&acceptor, implicit) {
+                (Some(a), true) => {
+                    ldaps_addrs.push(bound);
+                    ldap::ListenerTls::Implicit(a.clone())
+                }
+                (a, _) => {
+                    ldap_addrs.push(bound);
+                    ldap::ListenerTls::Plain(a.clone())
+                }
+            };
+            tasks.push(tokio::spawn(ldap::serve(
+                ctx.clone(),
+                listener,
+                tls,
+                rx.clone(),
+            )));
         }
-        let node = Node { directory, cluster, ldap_addrs, shutdown, tasks };
+        let node = Node {
+            directory,
+            cluster,
+            ldap_addrs,
+            ldaps_addrs,
+            shutdown,
+            tasks,
+        };
         Ok((node, accounts))
     }
 
@@ -213,7 +273,8 @@ pub async fn bootstrap(
             ("objectClass", &top_class),
             (naming.as_str(), &[first_value.as_str()]),
         ],
-    ).await?;
+    )
+    .await?;
     for ou in ["domains", "nodes", "system"] {
         add(
             writes,
@@ -223,7 +284,8 @@ pub async fn bootstrap(
                 ("objectClass", &["top", "organizationalUnit"]),
                 ("ou", &[ou]),
             ],
-        ).await?;
+        )
+        .await?;
     }
     let admin = crate::directory::dn::Dn::parse(admin_dn).map_err(|e| e.to_string())?;
     let admin_cn = admin
@@ -244,21 +306,31 @@ pub async fn bootstrap(
             ("description", &["PigeonAir cluster administrator"]),
             ("userPassword", &[admin_password]),
         ],
-    ).await?;
+    )
+    .await?;
     add(
         writes,
         admin_dn,
         format!("ou=tokens,ou=system,{suffix}"),
-        &[("objectClass", &["top", "organizationalUnit"]), ("ou", &["tokens"])],
+        &[
+            ("objectClass", &["top", "organizationalUnit"]),
+            ("ou", &["tokens"]),
+        ],
     )
     .await?;
-    let voter_target = format!("voterTarget={}", crate::cluster::member::DEFAULT_VOTER_TARGET);
+    let voter_target = format!(
+        "voterTarget={}",
+        crate::cluster::member::DEFAULT_VOTER_TARGET
+    );
     add(
         writes,
         admin_dn,
         format!("cn=cluster,ou=system,{suffix}"),
         &[
-            ("objectClass", &["top", "applicationProcess", "pigeonairSettings"]),
+            (
+                "objectClass",
+                &["top", "applicationProcess", "pigeonairSettings"],
+            ),
             ("cn", &["cluster"]),
             ("pigeonairClusterId", &[cluster_id]),
             ("pigeonairSetting", &[voter_target.as_str()]),
@@ -278,7 +350,8 @@ pub async fn bootstrap(
             ("dc", &["example.org"]),
             ("description", &["Demo domain"]),
         ],
-    ).await?;
+    )
+    .await?;
     for ou in ["people", "aliases"] {
         add(
             writes,
@@ -288,7 +361,8 @@ pub async fn bootstrap(
                 ("objectClass", &["top", "organizationalUnit"]),
                 ("ou", &[ou]),
             ],
-        ).await?;
+        )
+        .await?;
     }
     let mut accounts = Vec::new();
     for (uid, cn, sn) in [
@@ -321,7 +395,8 @@ pub async fn bootstrap(
                 ("accountStatus", &["active"]),
                 ("userPassword", &[password.as_str()]),
             ],
-        ).await?;
+        )
+        .await?;
         accounts.push(DemoAccount { mail, dn, password });
     }
     Ok(accounts)

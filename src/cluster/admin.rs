@@ -113,13 +113,20 @@ pub async fn handle(cluster: &std::sync::Arc<Cluster>, req: AdminRequest) -> Adm
             let me = cluster.status();
             let mut out = Vec::new();
             for (id, addr) in me.members.clone() {
-                let s = if id == cluster.node_id { Ok(me.clone()) } else { cluster.peer_status(&addr).await };
+                let s = if id == cluster.node_id {
+                    Ok(me.clone())
+                } else {
+                    cluster.peer_status(&addr).await
+                };
                 out.push((id, addr, s));
             }
             AdminReply::Cluster(out)
         }
         AdminRequest::CreateToken { ttl_secs, uses } => {
-            let fp = match PkiFiles::new(cluster.data_dir()).load_ca_cert().and_then(|pem| super::pki::fingerprint_of_pem(&pem)) {
+            let fp = match PkiFiles::new(cluster.data_dir())
+                .load_ca_cert()
+                .and_then(|pem| super::pki::fingerprint_of_pem(&pem))
+            {
                 Ok(fp) => fp,
                 Err(e) => return AdminReply::Error(format!("reading the CA certificate: {e}")),
             };
@@ -127,7 +134,16 @@ pub async fn handle(cluster: &std::sync::Arc<Cluster>, req: AdminRequest) -> Adm
             if let Err(e) = ensure_tokens_container(cluster, &actor).await {
                 return AdminReply::Error(e);
             }
-            match cluster.write(join::create_command(cluster.suffix(), &token, ttl_secs, uses, &actor)).await {
+            match cluster
+                .write(join::create_command(
+                    cluster.suffix(),
+                    &token,
+                    ttl_secs,
+                    uses,
+                    &actor,
+                ))
+                .await
+            {
                 Ok(()) => AdminReply::Token(token.to_string()),
                 Err(e) => AdminReply::Error(e.to_string()),
             }
@@ -140,19 +156,37 @@ pub async fn handle(cluster: &std::sync::Arc<Cluster>, req: AdminRequest) -> Adm
                 Ok(v) => v,
                 Err(e) => return AdminReply::Error(e.to_string()),
             };
-            let req = SearchRequest { base: &base, scope: Scope::One, filter: &filter, size_limit: 0, deadline: None, hidden: &[], viewer_key: "" };
+            let req = SearchRequest {
+                base: &base,
+                scope: Scope::One,
+                filter: &filter,
+                size_limit: 0,
+                deadline: None,
+                hidden: &[],
+                viewer_key: "",
+            };
             match view.search(&req, |_, e| {
                 tokens.extend(join::token_info(&e));
                 true
             }) {
-                Ok(_) | Err(crate::directory::DirError::NoSuchObject { .. }) => AdminReply::Tokens(tokens),
+                Ok(_) | Err(crate::directory::DirError::NoSuchObject { .. }) => {
+                    AdminReply::Tokens(tokens)
+                }
                 Err(e) => AdminReply::Error(e.to_string()),
             }
         }
         AdminRequest::RevokeToken(id) => {
-            match cluster.write(DirectoryCommand::Delete { dn: join::token_dn(cluster.suffix(), &id), meta: WriteMeta::now(&actor) }).await {
+            match cluster
+                .write(DirectoryCommand::Delete {
+                    dn: join::token_dn(cluster.suffix(), &id),
+                    meta: WriteMeta::now(&actor),
+                })
+                .await
+            {
                 Ok(()) => AdminReply::Done,
-                Err(crate::directory::DirError::NoSuchObject { .. }) => AdminReply::Error(format!("no token {id}")),
+                Err(crate::directory::DirError::NoSuchObject { .. }) => {
+                    AdminReply::Error(format!("no token {id}"))
+                }
                 Err(e) => AdminReply::Error(e.to_string()),
             }
         }
@@ -169,7 +203,15 @@ pub async fn handle(cluster: &std::sync::Arc<Cluster>, req: AdminRequest) -> Adm
                 Err(e) => return AdminReply::Error(e.to_string()),
             };
             let mut n = 0usize;
-            let req = SearchRequest { base: &base, scope: Scope::Subtree, filter: &filter, size_limit: 0, deadline: None, hidden: &[], viewer_key: "" };
+            let req = SearchRequest {
+                base: &base,
+                scope: Scope::Subtree,
+                filter: &filter,
+                size_limit: 0,
+                deadline: None,
+                hidden: &[],
+                viewer_key: "",
+            };
             match view.search(&req, |_, _| {
                 n += 1;
                 true
@@ -187,7 +229,13 @@ pub async fn handle(cluster: &std::sync::Arc<Cluster>, req: AdminRequest) -> Adm
 
 async fn ensure_tokens_container(cluster: &Cluster, actor: &str) -> Result<(), String> {
     let dn = join::tokens_dn(cluster.suffix());
-    let exists = cluster.state_machine().directory().view().ok().and_then(|v| v.find(&dn).ok().flatten()).is_some();
+    let exists = cluster
+        .state_machine()
+        .directory()
+        .view()
+        .ok()
+        .and_then(|v| v.find(&dn).ok().flatten())
+        .is_some();
     if exists {
         return Ok(());
     }
@@ -218,19 +266,33 @@ async fn remove_node(cluster: &Cluster, id: NodeId) -> AdminReply {
     // Demote (if a voter), then drop it as a learner.
     let step1 = cluster.raft.change_membership(voters, false).await;
     let step2 = match step1 {
-        Ok(_) => cluster.raft.change_membership(openraft::ChangeMembers::RemoveNodes(BTreeSet::from([id])), false).await,
+        Ok(_) => {
+            cluster
+                .raft
+                .change_membership(
+                    openraft::ChangeMembers::RemoveNodes(BTreeSet::from([id])),
+                    false,
+                )
+                .await
+        }
         Err(e) => Err(e),
     };
     match step2 {
         Ok(_) => AdminReply::Done,
         Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => match f.leader_node {
-            Some(leader) => match cluster.dialer().call::<_, AdminReply>(&leader.addr, Service::Status, &AdminRequest::RemoveNode(id)).await {
+            Some(leader) => match cluster
+                .dialer()
+                .call::<_, AdminReply>(&leader.addr, Service::Status, &AdminRequest::RemoveNode(id))
+                .await
+            {
                 Ok(r) => r,
                 Err(e) => AdminReply::Error(format!("forwarding to the leader: {e}")),
             },
             None => AdminReply::Error("no leader right now".into()),
         },
-        Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(ChangeMembershipError::LearnerNotFound(_)))) => AdminReply::Done,
+        Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(
+            ChangeMembershipError::LearnerNotFound(_),
+        ))) => AdminReply::Done,
         Err(e) => AdminReply::Error(e.to_string()),
     }
 }

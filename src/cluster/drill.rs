@@ -69,14 +69,22 @@ impl DrillReport {
 }
 
 async fn call(dialer: &Dialer, addr: &str, req: &AdminRequest) -> Result<AdminReply, String> {
-    match tokio::time::timeout(Duration::from_secs(5), dialer.call::<_, AdminReply>(addr, Service::Status, req)).await {
+    match tokio::time::timeout(
+        Duration::from_secs(5),
+        dialer.call::<_, AdminReply>(addr, Service::Status, req),
+    )
+    .await
+    {
         Ok(Ok(r)) => Ok(r),
         Ok(Err(e)) => Err(e.to_string()),
         Err(_) => Err("timed out".into()),
     }
 }
 
-async fn cluster_status(dialer: &Dialer, addr: &str) -> Result<Vec<(NodeId, String, Result<NodeStatus, String>)>, String> {
+async fn cluster_status(
+    dialer: &Dialer,
+    addr: &str,
+) -> Result<Vec<(NodeId, String, Result<NodeStatus, String>)>, String> {
     match call(dialer, addr, &AdminRequest::ClusterStatus).await? {
         AdminReply::Cluster(c) => Ok(c),
         other => Err(format!("unexpected reply {other:?}")),
@@ -91,7 +99,11 @@ async fn status(dialer: &Dialer, addr: &str) -> Result<NodeStatus, String> {
 }
 
 /// Run the drill through the node configured in `config`.
-pub async fn run(config: &Config, identity: &TlsIdentity, settle: Duration) -> Result<DrillReport, String> {
+pub async fn run(
+    config: &Config,
+    identity: &TlsIdentity,
+    settle: Duration,
+) -> Result<DrillReport, String> {
     let dialer = Arc::new(Dialer::new(identity).map_err(|e| e.to_string())?);
     let local = config.cluster.advertised();
     let members = cluster_status(&dialer, &local).await?;
@@ -102,20 +114,44 @@ pub async fn run(config: &Config, identity: &TlsIdentity, settle: Duration) -> R
             Err(e) => return Err(format!("node {id} at {addr} is not healthy: {e}")),
         }
     }
-    let leader = statuses.iter().find(|s| s.role == "leader").ok_or("the cluster has no leader")?.clone();
+    let leader = statuses
+        .iter()
+        .find(|s| s.role == "leader")
+        .ok_or("the cluster has no leader")?
+        .clone();
     if leader.voters.len() < 3 {
-        return Err(format!("the cluster has {} voter(s); a drill needs at least 3 so it can lose one", leader.voters.len()));
+        return Err(format!(
+            "the cluster has {} voter(s); a drill needs at least 3 so it can lose one",
+            leader.voters.len()
+        ));
     }
-    let nodes: Vec<(NodeId, String)> = members.iter().map(|(id, addr, _)| (*id, addr.clone())).collect();
+    let nodes: Vec<(NodeId, String)> = members
+        .iter()
+        .map(|(id, addr, _)| (*id, addr.clone()))
+        .collect();
     let suffix = config.directory.suffix.clone();
-    let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis();
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis();
     let container = format!("ou=drill-{stamp},ou=system,{suffix}");
     let actor = format!("cn=drill,ou=system,{suffix}");
-    let add = |dn: String, attrs: Vec<Attribute>| DirectoryCommand::Add { dn, attrs, meta: WriteMeta::now(&actor) };
-    match call(&dialer, &leader.addr, &AdminRequest::Write(add(container.clone(), vec![
-        Attribute::new("objectClass", ["top", "organizationalUnit"]),
-        Attribute::new("ou", [format!("drill-{stamp}")]),
-    ])))
+    let add = |dn: String, attrs: Vec<Attribute>| DirectoryCommand::Add {
+        dn,
+        attrs,
+        meta: WriteMeta::now(&actor),
+    };
+    match call(
+        &dialer,
+        &leader.addr,
+        &AdminRequest::Write(add(
+            container.clone(),
+            vec![
+                Attribute::new("objectClass", ["top", "organizationalUnit"]),
+                Attribute::new("ou", [format!("drill-{stamp}")]),
+            ],
+        )),
+    )
     .await?
     {
         AdminReply::Written(Ok(())) => {}
@@ -131,34 +167,50 @@ pub async fn run(config: &Config, identity: &TlsIdentity, settle: Duration) -> R
     let mut tasks = Vec::new();
     for (id, addr) in nodes.clone() {
         let writer = {
-        let (dialer, stop, acks, acked_dns, failed) = (dialer.clone(), stop.clone(), acks.clone(), acked_dns.clone(), failed_writes.clone());
-        let (container, actor, addr) = (container.clone(), actor.clone(), addr.clone());
-        tokio::spawn(async move {
-            let mut n = 0u64;
-            // Bounded: at most 100,000 writes per writer, and it stops when told.
-            while !stop.load(Ordering::Relaxed) && n < 100_000 {
-                let dn = format!("cn=w{id}-{n},{container}");
-                let cmd = DirectoryCommand::Add {
-                    dn: dn.clone(),
-                    attrs: vec![Attribute::new("objectClass", ["top", "applicationProcess"]), Attribute::new("cn", [format!("w{id}-{n}")])],
-                    meta: WriteMeta::now(&actor),
-                };
-                match call(&dialer, &addr, &AdminRequest::Write(cmd)).await {
-                    Ok(AdminReply::Written(Ok(()))) | Ok(AdminReply::Written(Err(crate::directory::DirError::AlreadyExists))) => {
-                        acks.lock().map(|mut a| a.push(Instant::now())).ok();
-                        acked_dns.lock().map(|mut a| a.push(dn)).ok();
-                        n += 1;
-                    }
-                    _ => {
-                        failed.fetch_add(1, Ordering::Relaxed);
-                        tokio::time::sleep(Duration::from_millis(10)).await;
+            let (dialer, stop, acks, acked_dns, failed) = (
+                dialer.clone(),
+                stop.clone(),
+                acks.clone(),
+                acked_dns.clone(),
+                failed_writes.clone(),
+            );
+            let (container, actor, addr) = (container.clone(), actor.clone(), addr.clone());
+            tokio::spawn(async move {
+                let mut n = 0u64;
+                // Bounded: at most 100,000 writes per writer, and it stops when told.
+                while !stop.load(Ordering::Relaxed) && n < 100_000 {
+                    let dn = format!("cn=w{id}-{n},{container}");
+                    let cmd = DirectoryCommand::Add {
+                        dn: dn.clone(),
+                        attrs: vec![
+                            Attribute::new("objectClass", ["top", "applicationProcess"]),
+                            Attribute::new("cn", [format!("w{id}-{n}")]),
+                        ],
+                        meta: WriteMeta::now(&actor),
+                    };
+                    match call(&dialer, &addr, &AdminRequest::Write(cmd)).await {
+                        Ok(AdminReply::Written(Ok(())))
+                        | Ok(AdminReply::Written(Err(crate::directory::DirError::AlreadyExists))) =>
+                        {
+                            acks.lock().map(|mut a| a.push(Instant::now())).ok();
+                            acked_dns.lock().map(|mut a| a.push(dn)).ok();
+                            n += 1;
+                        }
+                        _ => {
+                            failed.fetch_add(1, Ordering::Relaxed);
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                        }
                     }
                 }
-            }
-        })
+            })
         };
         tasks.push(writer);
-        let (dialer, stop, ok, failed) = (dialer.clone(), stop.clone(), reads_ok.clone(), failed_reads.clone());
+        let (dialer, stop, ok, failed) = (
+            dialer.clone(),
+            stop.clone(),
+            reads_ok.clone(),
+            failed_reads.clone(),
+        );
         let container = container.clone();
         tasks.push(tokio::spawn(async move {
             let mut n = 0u64;
@@ -175,7 +227,11 @@ pub async fn run(config: &Config, identity: &TlsIdentity, settle: Duration) -> R
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     // The leader falls silent (no heartbeats, no replication) until another is elected.
-    let target = statuses.iter().find(|s| s.id != leader.id && leader.voters.contains(&s.id)).ok_or("no follower voter")?.clone();
+    let target = statuses
+        .iter()
+        .find(|s| s.id != leader.id && leader.voters.contains(&s.id))
+        .ok_or("no follower voter")?
+        .clone();
     let elect_at = Instant::now();
     match call(&dialer, &leader.addr, &AdminRequest::StepDown).await? {
         AdminReply::Done => {}
@@ -201,7 +257,11 @@ pub async fn run(config: &Config, identity: &TlsIdentity, settle: Duration) -> R
 
     let mut times = acks.lock().map(|a| a.clone()).unwrap_or_default();
     times.sort();
-    let longest_gap = times.windows(2).map(|w| w[1] - w[0]).max().unwrap_or_default();
+    let longest_gap = times
+        .windows(2)
+        .map(|w| w[1] - w[0])
+        .max()
+        .unwrap_or_default();
     let acked: Vec<String> = acked_dns.lock().map(|a| a.clone()).unwrap_or_default();
 
     // Convergence: every node applies everything, then counts and digests must agree.
@@ -213,14 +273,20 @@ pub async fn run(config: &Config, identity: &TlsIdentity, settle: Duration) -> R
         let mut counts = Vec::new();
         let mut digests = Vec::new();
         for (_, addr) in &nodes {
-            if let Ok(AdminReply::Counted(c)) = call(&dialer, addr, &AdminRequest::Count(container.clone())).await {
+            if let Ok(AdminReply::Counted(c)) =
+                call(&dialer, addr, &AdminRequest::Count(container.clone())).await
+            {
                 counts.push(c);
             }
             if let Ok(s) = status(&dialer, addr).await {
                 digests.push(s.digest);
             }
         }
-        lost = counts.iter().map(|c| expected.saturating_sub(*c) as u64).max().unwrap_or(expected as u64);
+        lost = counts
+            .iter()
+            .map(|c| expected.saturating_sub(*c) as u64)
+            .max()
+            .unwrap_or(expected as u64);
         digests_agree = digests.len() == nodes.len() && digests.windows(2).all(|w| w[0] == w[1]);
         if lost == 0 && digests_agree && counts.len() == nodes.len() {
             break;
@@ -229,9 +295,20 @@ pub async fn run(config: &Config, identity: &TlsIdentity, settle: Duration) -> R
     }
 
     // Clean up (best effort, through the new leader's write path).
-    let cleanup_addr = new_leader.and_then(|l| nodes.iter().find(|(i, _)| *i == l)).map(|(_, a)| a.clone()).unwrap_or(local.clone());
+    let cleanup_addr = new_leader
+        .and_then(|l| nodes.iter().find(|(i, _)| *i == l))
+        .map(|(_, a)| a.clone())
+        .unwrap_or(local.clone());
     for dn in acked.iter().chain(std::iter::once(&container)) {
-        let _ = call(&dialer, &cleanup_addr, &AdminRequest::Write(DirectoryCommand::Delete { dn: dn.clone(), meta: WriteMeta::now(&actor) })).await;
+        let _ = call(
+            &dialer,
+            &cleanup_addr,
+            &AdminRequest::Write(DirectoryCommand::Delete {
+                dn: dn.clone(),
+                meta: WriteMeta::now(&actor),
+            }),
+        )
+        .await;
     }
 
     Ok(DrillReport {

@@ -30,18 +30,27 @@ const ALPHABET: &[u8] = b"abcdefghijkmnopqrstuvwxyz23456789";
 
 fn random_text(n: usize) -> String {
     let mut rng = rand::rng();
-    (0..n).map(|_| ALPHABET[(rng.next_u32() as usize) % ALPHABET.len()] as char).collect()
+    (0..n)
+        .map(|_| ALPHABET[(rng.next_u32() as usize) % ALPHABET.len()] as char)
+        .collect()
 }
 
 /// Hex SHA-256.
 pub fn sha256_hex(data: &[u8]) -> String {
-    Sha256::digest(data).iter().map(|b| format!("{b:02x}")).collect()
+    Sha256::digest(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 impl JoinToken {
     /// A fresh token for a cluster whose CA has this fingerprint.
     pub fn generate(ca_fingerprint: &str) -> JoinToken {
-        JoinToken { id: random_text(10), secret: random_text(32), ca_fingerprint: ca_fingerprint.to_string() }
+        JoinToken {
+            id: random_text(10),
+            secret: random_text(32),
+            ca_fingerprint: ca_fingerprint.to_string(),
+        }
     }
 
     /// Parse `PA1.<id>.<secret>.<fingerprint>`.
@@ -55,7 +64,11 @@ impl JoinToken {
                     && fp.bytes().all(|c| c.is_ascii_hexdigit())
                     && id.bytes().all(|c| c.is_ascii_alphanumeric()) =>
             {
-                Ok(JoinToken { id: id.to_string(), secret: secret.to_string(), ca_fingerprint: fp.to_ascii_lowercase() })
+                Ok(JoinToken {
+                    id: id.to_string(),
+                    secret: secret.to_string(),
+                    ca_fingerprint: fp.to_ascii_lowercase(),
+                })
             }
             _ => Err("not a PigeonAir join token (expected PA1.<id>.<secret>.<ca-sha256>)".into()),
         }
@@ -84,8 +97,17 @@ pub fn token_dn(suffix: &str, id: &str) -> String {
 }
 
 /// The command that stores a new token valid for `ttl_secs` and `uses` joins.
-pub fn create_command(suffix: &str, token: &JoinToken, ttl_secs: u64, uses: u32, actor: &str) -> DirectoryCommand {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs() as i64;
+pub fn create_command(
+    suffix: &str,
+    token: &JoinToken,
+    ttl_secs: u64,
+    uses: u32,
+    actor: &str,
+) -> DirectoryCommand {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs() as i64;
     let expires = GeneralizedTime::from_unix(now + ttl_secs as i64, 0).canonical();
     DirectoryCommand::Add {
         dn: token_dn(suffix, &token.id),
@@ -140,7 +162,12 @@ pub fn token_info(e: &StoredEntry) -> Option<TokenInfo> {
 
 /// Check a presented token against its stored entry (`None`: no entry); on success
 /// returns the uses left before this join.
-pub fn check(entry: Option<&StoredEntry>, token_id: &str, secret: &str, now_unix: i64) -> Result<u32, TokenRefusal> {
+pub fn check(
+    entry: Option<&StoredEntry>,
+    token_id: &str,
+    secret: &str,
+    now_unix: i64,
+) -> Result<u32, TokenRefusal> {
     let e = entry.ok_or(TokenRefusal::Unknown)?;
     let info = token_info(e).ok_or(TokenRefusal::Unknown)?;
     if info.id != token_id {
@@ -148,7 +175,12 @@ pub fn check(entry: Option<&StoredEntry>, token_id: &str, secret: &str, now_unix
     }
     let stored = e.first_str("pigeonairTokenHash").unwrap_or_default();
     let presented = sha256_hex(secret.as_bytes());
-    let same = stored.len() == presented.len() && stored.bytes().zip(presented.bytes()).fold(0u8, |a, (x, y)| a | (x ^ y)) == 0;
+    let same = stored.len() == presented.len()
+        && stored
+            .bytes()
+            .zip(presented.bytes())
+            .fold(0u8, |a, (x, y)| a | (x ^ y))
+            == 0;
     if !same {
         return Err(TokenRefusal::Forged);
     }
@@ -223,14 +255,37 @@ mod tests {
     #[test]
     fn checks_each_refusal() {
         let t = JoinToken::generate(&"cd".repeat(32));
-        let DirectoryCommand::Add { dn, attrs, .. } = create_command("dc=p", &t, 3600, 1, "cn=admin") else { panic!() };
-        let mut e = StoredEntry { dn, key: String::new(), attrs };
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+        let DirectoryCommand::Add { dn, attrs, .. } =
+            create_command("dc=p", &t, 3600, 1, "cn=admin")
+        else {
+            panic!()
+        };
+        let mut e = StoredEntry {
+            dn,
+            key: String::new(),
+            attrs,
+        };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
         assert_eq!(check(Some(&e), &t.id, &t.secret, now), Ok(1));
-        assert_eq!(check(Some(&e), &t.id, "wrong", now), Err(TokenRefusal::Forged));
-        assert_eq!(check(None, &t.id, &t.secret, now), Err(TokenRefusal::Unknown));
-        assert_eq!(check(Some(&e), &t.id, &t.secret, now + 7200), Err(TokenRefusal::Expired));
+        assert_eq!(
+            check(Some(&e), &t.id, "wrong", now),
+            Err(TokenRefusal::Forged)
+        );
+        assert_eq!(
+            check(None, &t.id, &t.secret, now),
+            Err(TokenRefusal::Unknown)
+        );
+        assert_eq!(
+            check(Some(&e), &t.id, &t.secret, now + 7200),
+            Err(TokenRefusal::Expired)
+        );
         e.set("pigeonairTokenUses", vec![b"0".to_vec()]);
-        assert_eq!(check(Some(&e), &t.id, &t.secret, now), Err(TokenRefusal::UsedUp));
+        assert_eq!(
+            check(Some(&e), &t.id, &t.secret, now),
+            Err(TokenRefusal::UsedUp)
+        );
     }
 }

@@ -41,7 +41,8 @@ impl MemberState {
     /// Load the state of an initialised or joined node.
     pub fn load(data_dir: &Path) -> Result<MemberState, String> {
         let p = Self::path(data_dir);
-        let text = std::fs::read_to_string(&p).map_err(|e| format!("{}: {e} (is this node initialised or joined?)", p.display()))?;
+        let text = std::fs::read_to_string(&p)
+            .map_err(|e| format!("{}: {e} (is this node initialised or joined?)", p.display()))?;
         toml::from_str(&text).map_err(|e| format!("{}: {e}", p.display()))
     }
 
@@ -51,7 +52,9 @@ impl MemberState {
         let tmp = p.with_extension("tmp");
         let text = toml::to_string(self).map_err(|e| e.to_string())?;
         std::fs::write(&tmp, text).map_err(|e| format!("{}: {e}", tmp.display()))?;
-        std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(|e| e.to_string())?;
+        std::fs::File::open(&tmp)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| e.to_string())?;
         std::fs::rename(&tmp, &p).map_err(|e| format!("{}: {e}", p.display()))
     }
 }
@@ -118,7 +121,11 @@ pub fn member_count(dir: &Directory) -> usize {
         .ok()
         .flatten()
         .and_then(|raw| {
-            bincode::serde::decode_from_slice::<openraft::StoredMembership<NodeId, ClusterNode>, _>(&raw, bincode::config::standard()).ok()
+            bincode::serde::decode_from_slice::<openraft::StoredMembership<NodeId, ClusterNode>, _>(
+                &raw,
+                bincode::config::standard(),
+            )
+            .ok()
         })
         .map(|(m, _)| m.membership().nodes().count())
         .unwrap_or(0)
@@ -129,17 +136,29 @@ pub const DEFAULT_VOTER_TARGET: usize = 3;
 
 impl Cluster {
     /// Start this node's Raft and, when `serve` is set, its cluster port.
-    pub async fn start(config: &Config, dir: Arc<Directory>, serve: bool) -> Result<Arc<Cluster>, String> {
+    pub async fn start(
+        config: &Config,
+        dir: Arc<Directory>,
+        serve: bool,
+    ) -> Result<Arc<Cluster>, String> {
         let data_dir = config.node.data_dir.clone();
         let state = MemberState::load(&data_dir)?;
-        let identity = PkiFiles::new(&data_dir).load_identity().map_err(|e| e.to_string())?;
+        let identity = PkiFiles::new(&data_dir)
+            .load_identity()
+            .map_err(|e| e.to_string())?;
         let log_store = LogStore::open(&data_dir).map_err(|e| e.to_string())?;
         let sm = StateMachine::open(dir.clone(), &data_dir).map_err(|e| e.to_string())?;
         let dialer = Arc::new(Dialer::new(&identity).map_err(|e| e.to_string())?);
         let muted = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let raft = Raft::new(state.node_id, raft_config(config, &state.cluster_id)?, Network::new(dialer.clone(), muted.clone()), log_store, sm.clone())
-            .await
-            .map_err(|e| e.to_string())?;
+        let raft = Raft::new(
+            state.node_id,
+            raft_config(config, &state.cluster_id)?,
+            Network::new(dialer.clone(), muted.clone()),
+            log_store,
+            sm.clone(),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
         let (shutdown, rx) = watch::channel(false);
         let mut cluster = Cluster {
             raft,
@@ -157,7 +176,9 @@ impl Cluster {
             muted,
         };
         let listener = if serve {
-            let l = TcpListener::bind(config.cluster.listen).await.map_err(|e| format!("cluster: cannot listen on {}: {e}", config.cluster.listen))?;
+            let l = TcpListener::bind(config.cluster.listen)
+                .await
+                .map_err(|e| format!("cluster: cannot listen on {}: {e}", config.cluster.listen))?;
             let bound = l.local_addr().map_err(|e| e.to_string())?;
             cluster.cluster_addr = Some(bound);
             if config.cluster.advertise.is_none() && config.cluster.listen.port() == 0 {
@@ -177,7 +198,14 @@ impl Cluster {
             tokio::spawn(async move { c.register_self().await });
         }
         tokio::spawn(maintain_voters(cluster.clone()));
-        if cluster.sm.directory().meta(OFFLINE_IMPORT).ok().flatten().is_some() {
+        if cluster
+            .sm
+            .directory()
+            .meta(OFFLINE_IMPORT)
+            .ok()
+            .flatten()
+            .is_some()
+        {
             let c = cluster.clone();
             tokio::spawn(async move { c.publish_offline_import().await });
         }
@@ -193,20 +221,40 @@ impl Cluster {
     /// Create a new cluster in `config.node.data_dir`: its id, CA, this node's
     /// certificate (node 1) and a one-voter membership. Then start it (with the cluster
     /// port when `serve` is set) so the caller can write the first entries.
-    pub async fn create(config: &Config, dir: Arc<Directory>, serve: bool) -> Result<Arc<Cluster>, String> {
+    pub async fn create(
+        config: &Config,
+        dir: Arc<Directory>,
+        serve: bool,
+    ) -> Result<Arc<Cluster>, String> {
         let data_dir = &config.node.data_dir;
         let cluster_id = uuid::Uuid::new_v4().to_string();
         let ca = ClusterCa::generate(&cluster_id).map_err(|e| e.to_string())?;
         let hosts = vec![host_of(&config.cluster.advertised())];
-        let cert = ca.issue_node(1, &config.node.name, &hosts).map_err(|e| e.to_string())?;
+        let cert = ca
+            .issue_node(1, &config.node.name, &hosts)
+            .map_err(|e| e.to_string())?;
         let files = PkiFiles::new(data_dir);
         files.save_ca(&ca).map_err(|e| e.to_string())?;
         files.save_node(&cert).map_err(|e| e.to_string())?;
-        MemberState { cluster_id, node_id: 1 }.save(data_dir)?;
+        MemberState {
+            cluster_id,
+            node_id: 1,
+        }
+        .save(data_dir)?;
         let cluster = Cluster::start(config, dir, serve).await?;
         let mut members = BTreeMap::new();
-        members.insert(1, ClusterNode { name: config.node.name.clone(), addr: cluster.advertise.clone() });
-        cluster.raft.initialize(members).await.map_err(|e| e.to_string())?;
+        members.insert(
+            1,
+            ClusterNode {
+                name: config.node.name.clone(),
+                addr: cluster.advertise.clone(),
+            },
+        );
+        cluster
+            .raft
+            .initialize(members)
+            .await
+            .map_err(|e| e.to_string())?;
         cluster
             .raft
             .wait(Some(Duration::from_secs(10)))
@@ -231,18 +279,33 @@ impl Cluster {
             let mut conn = transport::connect_pinned(&target, &token.ca_fingerprint, Service::Join)
                 .await
                 .map_err(|e| format!("cannot reach {target} with this token's CA pinned: {e}"))?;
-            let reply: JoinReply = conn.call(&req).await.map_err(|e| format!("join request to {target} failed: {e}"))?;
+            let reply: JoinReply = conn
+                .call(&req)
+                .await
+                .map_err(|e| format!("join request to {target} failed: {e}"))?;
             match reply {
                 JoinReply::Accepted(grant) => {
                     let files = PkiFiles::new(&config.node.data_dir);
-                    let ca = ClusterCa::from_pem(&grant.ca_pem, &grant.ca_key_pem).map_err(|e| e.to_string())?;
+                    let ca = ClusterCa::from_pem(&grant.ca_pem, &grant.ca_key_pem)
+                        .map_err(|e| e.to_string())?;
                     files.save_ca(&ca).map_err(|e| e.to_string())?;
-                    files.save_node(&super::pki::NodeCert { cert_pem: grant.cert_pem.clone(), key_pem: grant.key_pem.clone() }).map_err(|e| e.to_string())?;
-                    MemberState { cluster_id: grant.cluster_id.clone(), node_id: grant.node_id }.save(&config.node.data_dir)?;
+                    files
+                        .save_node(&super::pki::NodeCert {
+                            cert_pem: grant.cert_pem.clone(),
+                            key_pem: grant.key_pem.clone(),
+                        })
+                        .map_err(|e| e.to_string())?;
+                    MemberState {
+                        cluster_id: grant.cluster_id.clone(),
+                        node_id: grant.node_id,
+                    }
+                    .save(&config.node.data_dir)?;
                     return Ok(*grant);
                 }
                 JoinReply::Redirect { leader: Some(l) } => target = l,
-                JoinReply::Redirect { leader: None } => return Err("the cluster has no leader right now; try again".into()),
+                JoinReply::Redirect { leader: None } => {
+                    return Err("the cluster has no leader right now; try again".into())
+                }
                 JoinReply::Refused(why) => return Err(format!("join refused: {why}")),
             }
         }
@@ -258,7 +321,10 @@ impl Cluster {
     pub fn leader_addr(&self) -> Option<String> {
         let m = self.raft.metrics().borrow().clone();
         let leader = m.current_leader?;
-        m.membership_config.membership().get_node(&leader).map(|n| n.addr.clone())
+        m.membership_config
+            .membership()
+            .get_node(&leader)
+            .map(|n| n.addr.clone())
     }
 
     /// Send a command through the log: proposed here when this node leads, otherwise
@@ -272,7 +338,13 @@ impl Cluster {
         let unavailable = || DirError::Unavailable("no leader could take the write in time".into());
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            let proposed = match tokio::time::timeout(left, self.raft.client_write(ClusterRequest::Directory(cmd.clone()))).await {
+            let proposed = match tokio::time::timeout(
+                left,
+                self.raft
+                    .client_write(ClusterRequest::Directory(cmd.clone())),
+            )
+            .await
+            {
                 Ok(r) => r,
                 // Proposed here but not committed in time: this node lost its majority.
                 Err(_) => return Err(unavailable()),
@@ -283,17 +355,25 @@ impl Cluster {
                     if let Some(node) = f.leader_node {
                         let left = deadline.saturating_duration_since(Instant::now());
                         let request = ClusterRequest::Directory(cmd.clone());
-                        let forwarded = self.dialer.call::<_, WriteReply>(&node.addr, Service::Write, &request);
+                        let forwarded =
+                            self.dialer
+                                .call::<_, WriteReply>(&node.addr, Service::Write, &request);
                         let reply = match tokio::time::timeout(left, forwarded).await {
                             Ok(r) => r,
                             Err(_) => return Err(unavailable()),
                         };
                         match reply {
                             Ok(WriteReply::Applied { index, result }) => {
-                                let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_secs(1));
-                                return match tokio::time::timeout(left, self.sm.wait_applied(index)).await {
+                                let left = deadline
+                                    .saturating_duration_since(Instant::now())
+                                    .max(Duration::from_secs(1));
+                                return match tokio::time::timeout(left, self.sm.wait_applied(index))
+                                    .await
+                                {
                                     Ok(()) => result,
-                                    Err(_) => Err(DirError::Unavailable("the write was committed but this replica is behind".into())),
+                                    Err(_) => Err(DirError::Unavailable(
+                                        "the write was committed but this replica is behind".into(),
+                                    )),
                                 };
                             }
                             Ok(WriteReply::NotLeader(_)) | Err(_) => {}
@@ -301,7 +381,11 @@ impl Cluster {
                         }
                     }
                 }
-                Err(e) => return Err(DirError::Unavailable(format!("the cluster cannot take writes: {e}"))),
+                Err(e) => {
+                    return Err(DirError::Unavailable(format!(
+                        "the cluster cannot take writes: {e}"
+                    )))
+                }
             }
             if Instant::now() + delay >= deadline {
                 return Err(unavailable());
@@ -326,12 +410,16 @@ impl Cluster {
                 let waited = self
                     .raft
                     .wait(Some(Duration::from_secs(30)))
-                    .metrics(|m| m.snapshot.is_some_and(|s| s.index >= target), "snapshot after import")
+                    .metrics(
+                        |m| m.snapshot.is_some_and(|s| s.index >= target),
+                        "snapshot after import",
+                    )
                     .await;
                 if waited.is_ok() {
                     let _ = self.raft.trigger().purge_log(target).await;
                     let dir = self.sm.directory().clone();
-                    let _ = tokio::task::spawn_blocking(move || dir.clear_meta(OFFLINE_IMPORT)).await;
+                    let _ =
+                        tokio::task::spawn_blocking(move || dir.clear_meta(OFFLINE_IMPORT)).await;
                     tracing::info!(index = target, "offline import published in a snapshot");
                 }
                 return;
@@ -353,23 +441,41 @@ impl Cluster {
                 Attribute::new("pigeonairNodeRole", [role]),
                 Attribute::new("pigeonairAddress", [format!("cluster={}", self.advertise)]),
             ];
-            let exists = self.sm.directory().view().ok().and_then(|v| v.find(&dn).ok().flatten()).is_some();
+            let exists = self
+                .sm
+                .directory()
+                .view()
+                .ok()
+                .and_then(|v| v.find(&dn).ok().flatten())
+                .is_some();
             let cmd = if exists {
                 DirectoryCommand::Modify {
                     dn: dn.clone(),
                     changes: attrs
                         .into_iter()
-                        .filter(|a| a.name != "objectClass" && a.name != "cn" && a.name != "pigeonairNodeId")
-                        .map(|a| crate::directory::Change { op: crate::directory::ChangeOp::Replace, attr: a.name, values: a.values })
+                        .filter(|a| {
+                            a.name != "objectClass" && a.name != "cn" && a.name != "pigeonairNodeId"
+                        })
+                        .map(|a| crate::directory::Change {
+                            op: crate::directory::ChangeOp::Replace,
+                            attr: a.name,
+                            values: a.values,
+                        })
                         .collect(),
                     meta: WriteMeta::now(&dn),
                 }
             } else {
-                DirectoryCommand::Add { dn: dn.clone(), attrs, meta: WriteMeta::now(&dn) }
+                DirectoryCommand::Add {
+                    dn: dn.clone(),
+                    attrs,
+                    meta: WriteMeta::now(&dn),
+                }
             };
             match self.write(cmd).await {
                 Ok(()) | Err(DirError::AlreadyExists) => return,
-                Err(e) => tracing::debug!(error = %e, "registering this node in ou=nodes; will retry"),
+                Err(e) => {
+                    tracing::debug!(error = %e, "registering this node in ou=nodes; will retry")
+                }
             }
             if *self.shutdown.subscribe().borrow() {
                 return;
@@ -380,7 +486,10 @@ impl Cluster {
 
     fn is_voter(&self) -> bool {
         let m = self.raft.metrics().borrow().clone();
-        m.membership_config.membership().voter_ids().any(|id| id == self.node_id)
+        m.membership_config
+            .membership()
+            .voter_ids()
+            .any(|id| id == self.node_id)
     }
 
     /// This node's view of itself.
@@ -399,7 +508,11 @@ impl Cluster {
         let replication = m
             .replication
             .as_ref()
-            .map(|r| r.iter().map(|(id, log)| (*id, log.map(|l| l.index))).collect())
+            .map(|r| {
+                r.iter()
+                    .map(|(id, log)| (*id, log.map(|l| l.index)))
+                    .collect()
+            })
             .unwrap_or_default();
         let last_contact_ms = m.millis_since_quorum_ack;
         NodeStatus {
@@ -416,7 +529,10 @@ impl Cluster {
             replication,
             millis_since_quorum_ack: last_contact_ms,
             digest: self.sm.directory().digest().unwrap_or_default(),
-            members: membership.nodes().map(|(id, n)| (*id, n.addr.clone())).collect(),
+            members: membership
+                .nodes()
+                .map(|(id, n)| (*id, n.addr.clone()))
+                .collect(),
             snapshot_index: m.snapshot.map(|l| l.index),
             purged_index: m.purged.map(|l| l.index),
         }
@@ -424,7 +540,11 @@ impl Cluster {
 
     /// Ask another member for its status over the cluster port.
     pub async fn peer_status(&self, addr: &str) -> Result<NodeStatus, String> {
-        match self.dialer.call::<_, AdminReply>(addr, Service::Status, &AdminRequest::Status).await {
+        match self
+            .dialer
+            .call::<_, AdminReply>(addr, Service::Status, &AdminRequest::Status)
+            .await
+        {
             Ok(AdminReply::Status(s)) => Ok(s),
             Ok(other) => Err(format!("unexpected reply {other:?}")),
             Err(e) => Err(e.to_string()),
@@ -434,11 +554,21 @@ impl Cluster {
     async fn handle_join(&self, req: JoinRequest) -> JoinReply {
         let m = self.raft.metrics().borrow().clone();
         if m.current_leader != Some(self.node_id) {
-            return JoinReply::Redirect { leader: self.leader_addr() };
+            return JoinReply::Redirect {
+                leader: self.leader_addr(),
+            };
         }
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs() as i64;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs() as i64;
         let dn = join::token_dn(&self.suffix, &req.token_id);
-        let entry = self.sm.directory().view().ok().and_then(|v| v.find(&dn).ok().flatten());
+        let entry = self
+            .sm
+            .directory()
+            .view()
+            .ok()
+            .and_then(|v| v.find(&dn).ok().flatten());
         let left = match join::check(entry.as_ref(), &req.token_id, &req.secret, now) {
             Ok(n) => n,
             Err(refusal) => {
@@ -454,7 +584,10 @@ impl Cluster {
                 attr: "pigeonairTokenUses".into(),
                 values: vec![(left - 1).to_string().into_bytes()],
             }],
-            meta: WriteMeta::now(&format!("cn=node-{},ou=nodes,{}", self.node_id, self.suffix)),
+            meta: WriteMeta::now(&format!(
+                "cn=node-{},ou=nodes,{}",
+                self.node_id, self.suffix
+            )),
         };
         if let Err(e) = self.write(spend).await {
             return JoinReply::Refused(format!("could not record the token's use: {e}"));
@@ -468,9 +601,14 @@ impl Cluster {
         });
         let (ca, cert) = match issued {
             Ok(x) => x,
-            Err(e) => return JoinReply::Refused(format!("this node cannot sign certificates: {e}")),
+            Err(e) => {
+                return JoinReply::Refused(format!("this node cannot sign certificates: {e}"))
+            }
         };
-        let node = ClusterNode { name: req.name.clone(), addr: req.advertise.clone() };
+        let node = ClusterNode {
+            name: req.name.clone(),
+            addr: req.advertise.clone(),
+        };
         if let Err(e) = self.raft.add_learner(node_id, node.clone(), false).await {
             return JoinReply::Refused(format!("could not add the node: {e}"));
         }
@@ -496,7 +634,13 @@ impl Cluster {
             .ok()
             .and_then(|v| v.find(&dn).ok().flatten())
             .and_then(|e| {
-                e.get("pigeonairSetting")?.values.iter().find_map(|v| std::str::from_utf8(v).ok()?.strip_prefix("voterTarget=")?.parse().ok())
+                e.get("pigeonairSetting")?.values.iter().find_map(|v| {
+                    std::str::from_utf8(v)
+                        .ok()?
+                        .strip_prefix("voterTarget=")?
+                        .parse()
+                        .ok()
+                })
             })
             .unwrap_or(DEFAULT_VOTER_TARGET)
             .clamp(1, 5)
@@ -516,7 +660,14 @@ impl Cluster {
         let me = self.clone();
         tokio::spawn(async move {
             let id = me.node_id;
-            let _ = me.raft.wait(Some(limit)).metrics(|m| m.current_leader.is_some_and(|l| l != id), "another leader").await;
+            let _ = me
+                .raft
+                .wait(Some(limit))
+                .metrics(
+                    |m| m.current_leader.is_some_and(|l| l != id),
+                    "another leader",
+                )
+                .await;
             me.muted.store(false, std::sync::atomic::Ordering::Relaxed);
         });
         true
@@ -558,9 +709,15 @@ async fn maintain_voters(cluster: Arc<Cluster>) {
         }
         let last = m.last_log_index.unwrap_or(0);
         let caught_up = |id: &NodeId| {
-            m.replication.as_ref().and_then(|r| r.get(id)).and_then(|l| l.map(|l| l.index)).is_some_and(|i| i + 10 >= last)
+            m.replication
+                .as_ref()
+                .and_then(|r| r.get(id))
+                .and_then(|l| l.map(|l| l.index))
+                .is_some_and(|i| i + 10 >= last)
         };
-        let Some(learner) = membership.learner_ids().find(caught_up) else { continue };
+        let Some(learner) = membership.learner_ids().find(caught_up) else {
+            continue;
+        };
         let mut next = voters.clone();
         next.insert(learner);
         match cluster.raft.change_membership(next, false).await {
@@ -571,16 +728,25 @@ async fn maintain_voters(cluster: Arc<Cluster>) {
 }
 
 fn host_of(addr: &str) -> String {
-    addr.rsplit_once(':').map(|(h, _)| h.trim_matches(|c| c == '[' || c == ']').to_string()).unwrap_or_else(|| addr.to_string())
+    addr.rsplit_once(':')
+        .map(|(h, _)| h.trim_matches(|c| c == '[' || c == ']').to_string())
+        .unwrap_or_else(|| addr.to_string())
 }
 
 struct ClusterHandler(Arc<Cluster>);
 
 impl Handler for ClusterHandler {
-    fn handle(&self, conn: Conn) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'static>> {
+    fn handle(
+        &self,
+        conn: Conn,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'static>> {
         let cluster = self.0.clone();
         Box::pin(async move {
-            let Conn { service, mut stream, .. } = conn;
+            let Conn {
+                service,
+                mut stream,
+                ..
+            } = conn;
             match service {
                 Service::Raft => serve_raft(cluster.raft.clone(), stream).await,
                 Service::Write => loop {
@@ -588,14 +754,25 @@ impl Handler for ClusterHandler {
                         Ok(Some(r)) => r,
                         _ => return,
                     };
-                    let proposed = tokio::time::timeout(cluster.write_timeout, cluster.raft.client_write(req)).await;
+                    let proposed =
+                        tokio::time::timeout(cluster.write_timeout, cluster.raft.client_write(req))
+                            .await;
                     let Ok(proposed) = proposed else {
-                        let _ = transport::write_frame(&mut stream, &WriteReply::Failed("not committed in time".into())).await;
+                        let _ = transport::write_frame(
+                            &mut stream,
+                            &WriteReply::Failed("not committed in time".into()),
+                        )
+                        .await;
                         return;
                     };
                     let reply = match proposed {
-                        Ok(resp) => WriteReply::Applied { index: resp.log_id.index, result: resp.data.0 },
-                        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => WriteReply::NotLeader(f.leader_node.map(|n| n.addr)),
+                        Ok(resp) => WriteReply::Applied {
+                            index: resp.log_id.index,
+                            result: resp.data.0,
+                        },
+                        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                            WriteReply::NotLeader(f.leader_node.map(|n| n.addr))
+                        }
                         Err(e) => WriteReply::Failed(e.to_string()),
                     };
                     if transport::write_frame(&mut stream, &reply).await.is_err() {
@@ -626,7 +803,11 @@ impl Handler for ClusterHandler {
 }
 
 impl WritePath for Cluster {
-    fn write(&self, cmd: DirectoryCommand) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), DirError>> + Send + '_>> {
+    fn write(
+        &self,
+        cmd: DirectoryCommand,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), DirError>> + Send + '_>>
+    {
         Box::pin(Cluster::write(self, cmd))
     }
 }

@@ -4,10 +4,13 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
 };
 use serde::{Deserialize, Serialize};
 
@@ -55,7 +58,10 @@ where
             RaftRpc::Vote(r) => RaftRpcReply::Vote(raft.vote(r).await),
             RaftRpc::Snapshot(r) => RaftRpcReply::Snapshot(raft.install_snapshot(r).await),
         };
-        if super::transport::write_frame(&mut stream, &reply).await.is_err() {
+        if super::transport::write_frame(&mut stream, &reply)
+            .await
+            .is_err()
+        {
             return;
         }
     }
@@ -81,7 +87,12 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = PeerConnection;
 
     async fn new_client(&mut self, target: NodeId, node: &ClusterNode) -> PeerConnection {
-        PeerConnection { dialer: self.dialer.clone(), target, addr: node.addr.clone(), muted: self.muted.clone() }
+        PeerConnection {
+            dialer: self.dialer.clone(),
+            target,
+            addr: node.addr.clone(),
+            muted: self.muted.clone(),
+        }
     }
 }
 
@@ -95,9 +106,10 @@ pub struct PeerConnection {
 
 fn transport_error<E: std::error::Error>(e: TransportError) -> RPCError<NodeId, ClusterNode, E> {
     match e {
-        TransportError::Io(_) | TransportError::Timeout | TransportError::Refused(_) | TransportError::Tls(_) => {
-            RPCError::Unreachable(Unreachable::new(&e))
-        }
+        TransportError::Io(_)
+        | TransportError::Timeout
+        | TransportError::Refused(_)
+        | TransportError::Tls(_) => RPCError::Unreachable(Unreachable::new(&e)),
         other => RPCError::Network(NetworkError::new(&other)),
     }
 }
@@ -105,9 +117,16 @@ fn transport_error<E: std::error::Error>(e: TransportError) -> RPCError<NodeId, 
 impl PeerConnection {
     async fn call(&self, rpc: RaftRpc, option: &RPCOption) -> Result<RaftRpcReply, TransportError> {
         if self.muted.load(Ordering::Relaxed) {
-            return Err(TransportError::Refused("this node is muted by a failover drill".into()));
+            return Err(TransportError::Refused(
+                "this node is muted by a failover drill".into(),
+            ));
         }
-        match tokio::time::timeout(option.hard_ttl(), self.dialer.call(&self.addr, Service::Raft, &rpc)).await {
+        match tokio::time::timeout(
+            option.hard_ttl(),
+            self.dialer.call(&self.addr, Service::Raft, &rpc),
+        )
+        .await
+        {
             Ok(r) => r,
             Err(_) => Err(TransportError::Timeout),
         }
@@ -115,7 +134,9 @@ impl PeerConnection {
 }
 
 fn unexpected<E: std::error::Error>() -> RPCError<NodeId, ClusterNode, E> {
-    RPCError::Network(NetworkError::new(&std::io::Error::other("unexpected reply type")))
+    RPCError::Network(NetworkError::new(&std::io::Error::other(
+        "unexpected reply type",
+    )))
 }
 
 impl RaftNetwork<TypeConfig> for PeerConnection {
@@ -123,9 +144,16 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         &mut self,
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
-    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, ClusterNode, RaftError<NodeId>>> {
-        match self.call(RaftRpc::Append(rpc), &option).await.map_err(transport_error)? {
-            RaftRpcReply::Append(r) => r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e))),
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, ClusterNode, RaftError<NodeId>>>
+    {
+        match self
+            .call(RaftRpc::Append(rpc), &option)
+            .await
+            .map_err(transport_error)?
+        {
+            RaftRpcReply::Append(r) => {
+                r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+            }
             _ => Err(unexpected()),
         }
     }
@@ -134,9 +162,18 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         &mut self,
         rpc: InstallSnapshotRequest<TypeConfig>,
         option: RPCOption,
-    ) -> Result<InstallSnapshotResponse<NodeId>, RPCError<NodeId, ClusterNode, RaftError<NodeId, InstallSnapshotError>>> {
-        match self.call(RaftRpc::Snapshot(rpc), &option).await.map_err(transport_error)? {
-            RaftRpcReply::Snapshot(r) => r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e))),
+    ) -> Result<
+        InstallSnapshotResponse<NodeId>,
+        RPCError<NodeId, ClusterNode, RaftError<NodeId, InstallSnapshotError>>,
+    > {
+        match self
+            .call(RaftRpc::Snapshot(rpc), &option)
+            .await
+            .map_err(transport_error)?
+        {
+            RaftRpcReply::Snapshot(r) => {
+                r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+            }
             _ => Err(unexpected()),
         }
     }
@@ -146,8 +183,14 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, ClusterNode, RaftError<NodeId>>> {
-        match self.call(RaftRpc::Vote(rpc), &option).await.map_err(transport_error)? {
-            RaftRpcReply::Vote(r) => r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e))),
+        match self
+            .call(RaftRpc::Vote(rpc), &option)
+            .await
+            .map_err(transport_error)?
+        {
+            RaftRpcReply::Vote(r) => {
+                r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+            }
             _ => Err(unexpected()),
         }
     }

@@ -695,3 +695,13 @@ mod tests {
         files.save_node(&node).unwrap();
     }
 }
+
+/// A self-signed server certificate for `hosts` (names or IP addresses), for a
+/// quickstart node's LDAPS and StartTLS: clients must be told to trust it explicitly.
+pub fn self_signed_server(hosts: &[String]) -> Result<NodeCert, PkiError> {
+    let certified = rcgen::generate_simple_self_signed(hosts.to_vec())?;
+    Ok(NodeCert {
+        cert_pem: certified.cert.pem(),
+        key_pem: certified.signing_key.serialize_pem(),
+    })
+}

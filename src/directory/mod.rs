@@ -981,19 +981,28 @@ fn parse_int(v: &[u8]) -> Option<i128> {
 /// applied on this node's replica, so the caller reads its own write.
 pub trait WritePath: Send + Sync + 'static {
     /// Submit one command.
-    fn write(&self, cmd: DirectoryCommand) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), DirError>> + Send + '_>>;
+    fn write(
+        &self,
+        cmd: DirectoryCommand,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), DirError>> + Send + '_>>;
 }
 
 /// Writes applied to a directory that is not replicated (tools and tests).
 pub struct LocalWrites(pub Arc<Directory>);
 
 impl WritePath for LocalWrites {
-    fn write(&self, cmd: DirectoryCommand) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), DirError>> + Send + '_>> {
+    fn write(
+        &self,
+        cmd: DirectoryCommand,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), DirError>> + Send + '_>>
+    {
         let dir = self.0.clone();
         Box::pin(async move {
             match tokio::task::spawn_blocking(move || dir.apply(&cmd)).await {
                 Ok(r) => r,
-                Err(e) => Err(DirError::UnwillingToPerform(format!("write task failed: {e}"))),
+                Err(e) => Err(DirError::UnwillingToPerform(format!(
+                    "write task failed: {e}"
+                ))),
             }
         })
     }

@@ -2,7 +2,7 @@
 
 use rasn_ldap::{AuthenticationChoice, BindRequest, BindResponse, ProtocolOp, ResultCode};
 
-use super::session::Reply;
+use super::session::{ConnInfo, Reply};
 use super::{Identity, LdapContext};
 use crate::directory::dn::Dn;
 use crate::directory::password;
@@ -23,7 +23,7 @@ pub async fn handle(
     ctx: &LdapContext,
     reply: &Reply,
     req: BindRequest,
-    _before: Identity,
+    conn: &ConnInfo,
 ) -> Identity {
     if req.version != 3 {
         reply
@@ -52,6 +52,19 @@ pub async fn handle(
     let name = req.name.0;
     if name.is_empty() && password.is_empty() {
         reply.send(response(ResultCode::Success, ""), None).await;
+        return Identity::default();
+    }
+    if conn.require_tls_for_bind && !conn.secure {
+        tracing::warn!(peer = %conn.peer, dn = %name, "simple bind refused on an unencrypted connection");
+        reply
+            .send(
+                response(
+                    ResultCode::ConfidentialityRequired,
+                    "use TLS (LDAPS or StartTLS) to bind with a password",
+                ),
+                None,
+            )
+            .await;
         return Identity::default();
     }
     if password.is_empty() {

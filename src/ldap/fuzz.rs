@@ -25,7 +25,8 @@ fn fixture() -> &'static Fixture {
         let _ = std::fs::remove_dir_all(&dir);
         let mut config = Config::default();
         config.node.data_dir = dir.clone();
-        let directory = Arc::new(crate::node::open_directory(&config).expect("a fuzz directory opens"));
+        let directory =
+            Arc::new(crate::node::open_directory(&config).expect("a fuzz directory opens"));
         let writes = Arc::new(crate::directory::LocalWrites(directory.clone()));
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
@@ -33,8 +34,15 @@ fn fixture() -> &'static Fixture {
             .build()
             .expect("runtime");
         let suffix = directory.suffix().clone();
-        rt.block_on(crate::node::bootstrap(&*writes, &suffix, "fuzz", &config.admin_dn(), "fuzz", true))
-            .expect("the fuzz directory bootstraps");
+        rt.block_on(crate::node::bootstrap(
+            &*writes,
+            &suffix,
+            "fuzz",
+            &config.admin_dn(),
+            "fuzz",
+            true,
+        ))
+        .expect("the fuzz directory bootstraps");
         let ldap = LdapConfig {
             max_pdu_bytes: 64 * 1024,
             ..LdapConfig::default()
@@ -56,7 +64,13 @@ pub fn session_bytes(data: &[u8]) -> Vec<u8> {
         let task = tokio::spawn(session::run(
             f.ctx.clone(),
             server,
-            "127.0.0.1:1".parse().expect("an address"),
+            crate::ldap::session::ConnInfo {
+                peer: "127.0.0.1:1".parse().expect("an address"),
+                secure: true,
+                start_tls: false,
+                require_tls_for_bind: false,
+            },
+            crate::ldap::Identity::default(),
             rx,
         ));
         let mut out = Vec::new();

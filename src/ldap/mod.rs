@@ -92,14 +92,29 @@ impl LdapContext {
     }
 }
 
+/// How a listener handles TLS.
+#[derive(Clone)]
+pub enum ListenerTls {
+    /// Plain LDAP; StartTLS offered when an acceptor is given.
+    Plain(Option<tokio_rustls::TlsAcceptor>),
+    /// LDAPS: TLS from the first byte.
+    Implicit(tokio_rustls::TlsAcceptor),
+}
+
 /// Serve LDAP on a bound listener until `shutdown` turns true.
 pub async fn serve(
     ctx: Arc<LdapContext>,
     listener: TcpListener,
+    tls: ListenerTls,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let slots = Arc::new(Semaphore::new(ctx.config.max_connections));
     let mut next_session = 0u64;
+    let loopback = listener
+        .local_addr()
+        .map(|a| a.ip().is_loopback())
+        .unwrap_or(false);
+    let require_tls_for_bind = ctx.config.require_tls_for_bind.unwrap_or(!loopback);
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
@@ -124,12 +139,65 @@ pub async fn serve(
         let shutdown = shutdown.clone();
         let id = next_session;
         let span = tracing::info_span!("ldap", session = id, %peer);
+        let tls = tls.clone();
         tokio::spawn(
             async move {
-                session::run(ctx, stream, peer, shutdown).await;
+                serve_connection(ctx, stream, peer, tls, require_tls_for_bind, shutdown).await;
                 drop(permit);
             }
             .instrument(span),
         );
+    }
+}
+
+async fn serve_connection(
+    ctx: Arc<LdapContext>,
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    tls: ListenerTls,
+    require_tls_for_bind: bool,
+    shutdown: watch::Receiver<bool>,
+) {
+    let handshake = std::time::Duration::from_secs(10);
+    let mut conn = session::ConnInfo {
+        peer,
+        secure: false,
+        start_tls: false,
+        require_tls_for_bind,
+    };
+    let acceptor = match tls {
+        ListenerTls::Implicit(acceptor) => {
+            let Ok(Ok(tls_stream)) = tokio::time::timeout(handshake, acceptor.accept(stream)).await
+            else {
+                tracing::info!(%peer, "TLS handshake failed");
+                return;
+            };
+            conn.secure = true;
+            session::run(ctx, tls_stream, conn, Identity::default(), shutdown).await;
+            return;
+        }
+        ListenerTls::Plain(acceptor) => acceptor,
+    };
+    conn.start_tls = acceptor.is_some();
+    let end = session::run(
+        ctx.clone(),
+        stream,
+        conn,
+        Identity::default(),
+        shutdown.clone(),
+    )
+    .await;
+    if let (session::SessionEnd::StartTls(stream, identity), Some(acceptor)) = (end, acceptor) {
+        match tokio::time::timeout(handshake, acceptor.accept(stream)).await {
+            Ok(Ok(tls_stream)) => {
+                let conn = session::ConnInfo {
+                    secure: true,
+                    start_tls: false,
+                    ..conn
+                };
+                session::run(ctx, tls_stream, conn, identity, shutdown).await;
+            }
+            _ => tracing::info!(%peer, "StartTLS handshake failed"),
+        }
     }
 }

@@ -70,16 +70,41 @@ pub async fn refuse_busy(mut stream: TcpStream, _ctx: &LdapContext) {
     let _ = stream.shutdown().await;
 }
 
+/// What a session knows about its transport.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnInfo {
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// The connection is encrypted (LDAPS, or after StartTLS).
+    pub secure: bool,
+    /// StartTLS may be requested on this connection.
+    pub start_tls: bool,
+    /// Simple binds with a password are refused unless the connection is secure.
+    pub require_tls_for_bind: bool,
+}
+
+/// How a session ended.
+pub enum SessionEnd<S> {
+    /// The connection is closed (unbind, disconnect, protocol error, shutdown).
+    Closed,
+    /// The client asked for StartTLS and was told to go ahead: here is the stream to
+    /// run the TLS handshake on, and who the client was bound as.
+    StartTls(S, Identity),
+}
+
 /// Serve one connection until the client unbinds or disconnects, a protocol error
-/// occurs, or the node shuts down.
+/// occurs, the node shuts down, or StartTLS hands the stream back for the handshake.
 pub async fn run<S>(
     ctx: Arc<LdapContext>,
     stream: S,
-    peer: SocketAddr,
+    conn: ConnInfo,
+    identity: Identity,
     mut shutdown: watch::Receiver<bool>,
-) where
-    S: AsyncRead + AsyncWrite + Send + 'static,
+) -> SessionEnd<S>
+where
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
+    let peer = conn.peer;
     let (mut rd, mut wr) = tokio::io::split(stream);
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(256);
     let writer = tokio::spawn(async move {
@@ -88,10 +113,12 @@ pub async fn run<S>(
                 break;
             }
         }
-        let _ = wr.shutdown().await;
+        let _ = wr.flush().await;
+        wr
     });
+    let mut identity = identity;
+    let mut start_tls = false;
     let state = Arc::new(SessionState::default());
-    let mut identity = Identity::default();
     let mut tasks: JoinSet<u32> = JoinSet::new();
     let mut outstanding: HashMap<u32, Arc<AtomicBool>> = HashMap::new();
     let mut buf: Vec<u8> = Vec::with_capacity(8192);
@@ -202,20 +229,49 @@ pub async fn run<S>(
                         }
                     }
                     state.paged.lock().map(|mut p| p.clear()).ok();
-                    identity = bind::handle(&ctx, &reply, req, identity.clone()).await;
+                    identity = bind::handle(&ctx, &reply, req, &conn).await;
                 }
                 ProtocolOp::ExtendedReq(req) if extended::is_start_tls(&req) => {
+                    let refusal = if !conn.start_tls {
+                        Some((
+                            ResultCode::ProtocolError,
+                            "StartTLS is not available on this connection",
+                        ))
+                    } else if !buf.is_empty() {
+                        Some((ResultCode::ProtocolError, "data after the StartTLS request"))
+                    } else {
+                        None
+                    };
+                    if let Some((code, message)) = refusal {
+                        reply
+                            .send(
+                                ProtocolOp::ExtendedResp(extended::response(
+                                    code, message, None, None,
+                                )),
+                                None,
+                            )
+                            .await;
+                        continue;
+                    }
+                    // RFC 4511 section 4.14.1: nothing may be outstanding.
+                    while let Some(done) = tasks.join_next().await {
+                        if let Ok(id) = done {
+                            outstanding.remove(&id);
+                        }
+                    }
                     reply
                         .send(
                             ProtocolOp::ExtendedResp(extended::response(
-                                ResultCode::ProtocolError,
-                                "StartTLS is not available on this listener",
-                                None,
+                                ResultCode::Success,
+                                "",
+                                Some(extended::START_TLS),
                                 None,
                             )),
                             None,
                         )
                         .await;
+                    start_tls = true;
+                    break 'conn;
                 }
                 op => {
                     outstanding.insert(id, cancelled);
@@ -259,7 +315,14 @@ pub async fn run<S>(
     tasks.abort_all();
     while tasks.join_next().await.is_some() {}
     drop(tx);
-    let _ = writer.await;
+    let Ok(mut wr) = writer.await else {
+        return SessionEnd::Closed;
+    };
+    if start_tls {
+        return SessionEnd::StartTls(rd.unsplit(wr), identity);
+    }
+    let _ = wr.shutdown().await;
+    SessionEnd::Closed
 }
 
 async fn protocol_error(tx: &mpsc::Sender<Vec<u8>>, e: &CodecError, peer: SocketAddr) {

@@ -45,6 +45,8 @@ pub struct Node {
     data_dir: tempfile::TempDir,
     /// `ldap://127.0.0.1:PORT`, as printed by the node.
     pub url: String,
+    /// `ldaps://127.0.0.1:PORT`, as printed by the node.
+    pub ldaps_url: String,
     /// The host part of [`Node::url`].
     pub host: String,
     /// The port part of [`Node::url`].
@@ -72,6 +74,7 @@ impl Node {
             child: None,
             data_dir,
             url: String::new(),
+            ldaps_url: String::new(),
             host: String::new(),
             port: 0,
             suffix: String::new(),
@@ -175,6 +178,8 @@ impl Node {
                 "127.0.0.1:0",
                 "--cluster-listen",
                 "127.0.0.1:0",
+                "--ldaps-listen",
+                "127.0.0.1:0",
             ])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -210,6 +215,7 @@ impl Node {
         let deadline = Instant::now() + STARTUP_DEADLINE;
         let mut banner = Vec::new();
         let mut url = None;
+        let mut ldaps_url = None;
         let mut admin_dn = None;
         let mut suffix = None;
         let mut accounts = Vec::new();
@@ -241,6 +247,8 @@ impl Node {
             }
             if let Some(v) = trimmed.strip_prefix("ldap:") {
                 url = Some(v.trim().to_string());
+            } else if let Some(v) = trimmed.strip_prefix("ldaps:") {
+                ldaps_url = Some(v.trim().to_string());
             } else if let Some(v) = trimmed.strip_prefix("suffix:") {
                 suffix = Some(v.trim().to_string());
             } else if let Some(v) = trimmed.strip_prefix("admin:") {
@@ -283,6 +291,7 @@ impl Node {
             self.startup_failed(&banner, "the node printed port 0, not the port it bound");
         }
         self.url = url.clone();
+        self.ldaps_url = ldaps_url.unwrap_or_default();
         self.host = host.to_string();
         self.port = port;
         self.suffix = suffix.unwrap_or_default();

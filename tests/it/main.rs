@@ -10,3 +10,4 @@ mod ldap_tools;
 mod ldif_cli;
 mod python_client;
 mod rust_client;
+mod tls;

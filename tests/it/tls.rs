@@ -1,0 +1,150 @@
+//! LDAP over TLS: StartTLS (`ldapsearch -ZZ`) and LDAPS with the self-signed certificate
+//! quickstart generates, and refusing simple binds on unencrypted connections.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::harness::Node;
+
+fn ldapsearch(cacert: Option<&std::path::Path>, args: &[&str]) -> std::process::Output {
+    let mut cmd = Command::new("ldapsearch");
+    cmd.args(args).env_remove("LDAPTLS_REQCERT");
+    match cacert {
+        Some(p) => cmd.env("LDAPTLS_CACERT", p),
+        None => cmd.env("LDAPTLS_CACERT", "/nonexistent-ca.pem"),
+    };
+    cmd.output()
+        .expect("ldapsearch not runnable: install ldap-utils (.ci/install-deps does)")
+}
+
+#[test]
+fn start_tls_and_ldaps_with_the_quickstart_certificate() {
+    let node = Node::start();
+    let cert = node.data_dir().join("tls/ldap-cert.pem");
+    assert!(
+        cert.exists(),
+        "quickstart wrote its certificate at {}",
+        cert.display()
+    );
+    assert!(
+        node.ldaps_url.starts_with("ldaps://"),
+        "quickstart printed an ldaps URL"
+    );
+    let pw = node.admin_pw.clone();
+    let common = [
+        "-x",
+        "-LLL",
+        "-D",
+        &node.admin_dn,
+        "-w",
+        &pw,
+        "-b",
+        "dc=pigeonair",
+        "(mail=alice@example.org)",
+        "mail",
+    ];
+
+    let mut args = vec!["-ZZ", "-H", &node.url];
+    args.extend_from_slice(&common);
+    let out = ldapsearch(Some(&cert), &args);
+    assert!(
+        out.status.success(),
+        "StartTLS search: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("mail: alice@example.org"));
+
+    let mut args = vec!["-H", &node.ldaps_url];
+    args.extend_from_slice(&common);
+    let out = ldapsearch(Some(&cert), &args);
+    assert!(
+        out.status.success(),
+        "LDAPS search: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("mail: alice@example.org"));
+
+    // Without trusting the certificate, the client refuses the server.
+    let mut args = vec!["-H", &node.ldaps_url];
+    args.extend_from_slice(&common);
+    let out = ldapsearch(None, &args);
+    assert!(
+        !out.status.success(),
+        "an untrusted certificate must fail the handshake"
+    );
+}
+
+#[test]
+fn simple_bind_needs_tls_when_configured() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("node.toml");
+    let quick = Node::start();
+    let cert = quick.data_dir().join("tls/ldap-cert.pem");
+    let key = quick.data_dir().join("tls/ldap-key.pem");
+    std::fs::write(
+        &config,
+        format!(
+            "[node]\ndata_dir = \"{}\"\n[ldap]\nlisten = [\"127.0.0.1:0\"]\ntls_cert = \"{}\"\ntls_key = \"{}\"\nrequire_tls_for_bind = true\n[cluster]\nlisten = \"127.0.0.1:0\"\n",
+            dir.path().join("data").display(),
+            cert.display(),
+            key.display()
+        ),
+    )
+    .unwrap();
+    let bin = env!("CARGO_BIN_EXE_pigeonair");
+    let out = Command::new(bin)
+        .args(["init", "--admin-password", "pw", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "init: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut child = Command::new(bin)
+        .args(["run", "--config"])
+        .arg(&config)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut url = String::new();
+    let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for line in lines.map_while(Result::ok) {
+        if let Some(u) = line.strip_prefix("ldap: ") {
+            url = u.to_string();
+        }
+        if line == "ready" || Instant::now() > deadline {
+            break;
+        }
+    }
+    let admin = "cn=admin,ou=system,dc=pigeonair";
+    let plain = ldapsearch(
+        Some(&cert),
+        &[
+            "-x", "-H", &url, "-D", admin, "-w", "pw", "-b", "", "-s", "base",
+        ],
+    );
+    let secured = ldapsearch(
+        Some(&cert),
+        &[
+            "-x", "-ZZ", "-H", &url, "-D", admin, "-w", "pw", "-b", "", "-s", "base",
+        ],
+    );
+    let _ = child.kill();
+    assert!(
+        secured.status.success(),
+        "the same bind after StartTLS works: {}",
+        String::from_utf8_lossy(&secured.stderr)
+    );
+    let text = String::from_utf8_lossy(&plain.stderr).to_string();
+    assert_eq!(
+        plain.status.code(),
+        Some(13),
+        "confidentialityRequired on a clear connection: {text}"
+    );
+    let _ = child.wait();
+}
