@@ -104,6 +104,12 @@ pub struct LdapConfig {
     pub size_limit: usize,
     /// The longest a search may run, in seconds (0: no limit).
     pub time_limit_secs: u64,
+    /// The most connections from one client address.
+    pub max_connections_per_address: usize,
+    /// Close a connection with nothing outstanding after this many idle seconds (0: never).
+    pub idle_timeout_secs: u64,
+    /// The longest delay failed binds build up, in milliseconds.
+    pub bind_delay_max_ms: u64,
     /// LDAPS listeners (TLS from the first byte).
     pub listen_tls: Vec<SocketAddr>,
     /// The server certificate chain (PEM); enables LDAPS and StartTLS.
@@ -172,8 +178,11 @@ impl Default for LdapConfig {
             max_pdu_bytes: 1 << 20,
             max_connections: 4096,
             max_outstanding: 64,
-            size_limit: 0,
+            size_limit: 1000,
             time_limit_secs: 60,
+            max_connections_per_address: 256,
+            idle_timeout_secs: 900,
+            bind_delay_max_ms: 2000,
             listen_tls: Vec::new(),
             tls_cert: None,
             tls_key: None,

@@ -4,4 +4,5 @@ pub mod config;
 pub mod directory;
 pub mod ldap;
 pub mod ldif;
+pub mod metrics;
 pub mod node;

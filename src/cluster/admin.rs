@@ -50,6 +50,8 @@ pub struct NodeStatus {
     pub snapshot_index: Option<u64>,
     /// The last log index purged from this node's log.
     pub purged_index: Option<u64>,
+    /// The node's counters (connections, binds, refusals, searches, writes).
+    pub counters: Vec<(String, u64)>,
 }
 
 /// An operator request.

@@ -399,8 +399,7 @@ impl AclContext for LookupContext<'_> {
         if member_dn.is_empty() {
             return false;
         }
-        let (Some(group_key), Some(member_key)) = (self.key(group_dn), self.key(member_dn))
-        else {
+        let (Some(group_key), Some(member_key)) = (self.key(group_dn), self.key(member_dn)) else {
             return false;
         };
         let cache_key = (group_key, member_key);
@@ -421,7 +420,9 @@ impl AclContext for LookupContext<'_> {
                 None => {
                     let found = (self.lookup)(&dn_of_key(k))
                         .and_then(|e| admin_groups_of_domain(self.schema, &e));
-                    self.domains.borrow_mut().insert(k.to_string(), found.clone());
+                    self.domains
+                        .borrow_mut()
+                        .insert(k.to_string(), found.clone());
                     found
                 }
             };
@@ -632,7 +633,9 @@ impl What {
     fn covers_key(&self, key: &str) -> bool {
         match self.scope {
             WhatScope::Base => key == self.base_key,
-            WhatScope::Children => key.len() > self.base_key.len() && key.starts_with(&self.base_key),
+            WhatScope::Children => {
+                key.len() > self.base_key.len() && key.starts_with(&self.base_key)
+            }
             WhatScope::Subtree => key.starts_with(&self.base_key),
         }
     }
@@ -832,9 +835,7 @@ impl Acl {
                     && who.key.len() > base_key.len()
                     && who.key.starts_with(base_key.as_str())
                     && who.key[base_key.len()..].find('\0').is_some_and(|end| {
-                        entry
-                            .key
-                            .starts_with(&who.key[..base_key.len() + end + 1])
+                        entry.key.starts_with(&who.key[..base_key.len() + end + 1])
                     })
             }
             Who::DomainAdmins => {
@@ -855,9 +856,7 @@ impl Acl {
                 if !bound {
                     return false;
                 }
-                if let Some(&(_, _, known)) =
-                    memo.groups.iter().find(|(r, b, _)| (*r, *b) == at)
-                {
+                if let Some(&(_, _, known)) = memo.groups.iter().find(|(r, b, _)| (*r, *b) == at) {
                     return known;
                 }
                 let found = ctx.is_member(dn, &who.dn);
@@ -1023,9 +1022,7 @@ impl Acl {
     ) -> DirError {
         let matched = ancestors_and_self(target_key)
             .skip(1)
-            .find_map(|k| {
-                lookup(&dn_of_key(k)).filter(|e| self.can_see_entry(schema, who, e, ctx))
-            })
+            .find_map(|k| lookup(&dn_of_key(k)).filter(|e| self.can_see_entry(schema, who, e, ctx)))
             .map(|e| e.dn)
             .unwrap_or_default();
         DirError::NoSuchObject { matched }
@@ -1088,7 +1085,9 @@ fn tokenize(line: &str, n: usize, out: &mut Vec<Token>) -> Result<(), String> {
             let value = &line[vs..i];
             i += 1; // closing quote
             if i < len && !b[i].is_ascii_whitespace() {
-                return Err(format!("line {n}: expected a space after the closing quote"));
+                return Err(format!(
+                    "line {n}: expected a space after the closing quote"
+                ));
             }
             value
         } else {
@@ -1207,7 +1206,9 @@ fn parse_rule(schema: &Schema, tokens: &[Token]) -> Result<Rule, String> {
         by.push(By { who, right });
     }
     if by.is_empty() {
-        return Err(format!("line {last_line}: a rule needs at least one \"by\""));
+        return Err(format!(
+            "line {last_line}: a rule needs at least one \"by\""
+        ));
     }
     Ok(Rule { what, by })
 }
@@ -1242,9 +1243,7 @@ fn parse_who(schema: &Schema, t: &Token) -> Result<Who, String> {
 
 fn parse_dn_key(schema: &Schema, dn: &str, n: usize) -> Result<String, String> {
     let parsed = Dn::parse(dn).map_err(|e| format!("line {n}: {e}"))?;
-    schema
-        .dn_key(&parsed)
-        .map_err(|e| format!("line {n}: {e}"))
+    schema.dn_key(&parsed).map_err(|e| format!("line {n}: {e}"))
 }
 
 fn parse_attrs(schema: &Schema, v: &str, n: usize) -> Result<AttrSet, String> {
@@ -1298,21 +1297,62 @@ mod tests {
                 schema,
                 entries: BTreeMap::new(),
             };
-            w.add(SUFFIX, &[("objectClass", &["dcObject", "organization"]), ("dc", &["pigeonair"]), ("o", &["PigeonAir"])]);
-            w.add("ou=domains,dc=pigeonair", &[("objectClass", &["organizationalUnit"]), ("ou", &["domains"])]);
-            w.add("ou=system,dc=pigeonair", &[("objectClass", &["organizationalUnit"]), ("ou", &["system"])]);
-            w.add("ou=nodes,dc=pigeonair", &[("objectClass", &["organizationalUnit"]), ("ou", &["nodes"])]);
+            w.add(
+                SUFFIX,
+                &[
+                    ("objectClass", &["dcObject", "organization"]),
+                    ("dc", &["pigeonair"]),
+                    ("o", &["PigeonAir"]),
+                ],
+            );
+            w.add(
+                "ou=domains,dc=pigeonair",
+                &[
+                    ("objectClass", &["organizationalUnit"]),
+                    ("ou", &["domains"]),
+                ],
+            );
+            w.add(
+                "ou=system,dc=pigeonair",
+                &[
+                    ("objectClass", &["organizationalUnit"]),
+                    ("ou", &["system"]),
+                ],
+            );
+            w.add(
+                "ou=nodes,dc=pigeonair",
+                &[("objectClass", &["organizationalUnit"]), ("ou", &["nodes"])],
+            );
             w.add(
                 "cn=node1,ou=nodes,dc=pigeonair",
-                &[("objectClass", &["pigeonairNode"]), ("cn", &["node1"]), ("pigeonairNodeId", &["1"])],
+                &[
+                    ("objectClass", &["pigeonairNode"]),
+                    ("cn", &["node1"]),
+                    ("pigeonairNodeId", &["1"]),
+                ],
             );
             w.add(
                 "cn=postfix,ou=system,dc=pigeonair",
-                &[("objectClass", &["applicationProcess", "simpleSecurityObject"]), ("cn", &["postfix"]), ("userPassword", &["{SSHA}x"])],
+                &[
+                    (
+                        "objectClass",
+                        &["applicationProcess", "simpleSecurityObject"],
+                    ),
+                    ("cn", &["postfix"]),
+                    ("userPassword", &["{SSHA}x"]),
+                ],
             );
             for (domain, admins_attr, admin) in [
-                (EXAMPLE, "member", "uid=carol,ou=people,dc=example.org,ou=domains,dc=pigeonair"),
-                (OTHER, "uniqueMember", "uid=erin,ou=people,dc=other.net,ou=domains,dc=pigeonair#'0101'B"),
+                (
+                    EXAMPLE,
+                    "member",
+                    "uid=carol,ou=people,dc=example.org,ou=domains,dc=pigeonair",
+                ),
+                (
+                    OTHER,
+                    "uniqueMember",
+                    "uid=erin,ou=people,dc=other.net,ou=domains,dc=pigeonair#'0101'B",
+                ),
             ] {
                 let dc = domain.split(',').next().unwrap().trim_start_matches("dc=");
                 let group = format!("cn=admins,{domain}");
@@ -1325,11 +1365,34 @@ mod tests {
                         ("description", &["a customer"]),
                     ],
                 );
-                w.add(&format!("ou=people,{domain}"), &[("objectClass", &["organizationalUnit"]), ("ou", &["people"])]);
-                let class = if admins_attr == "member" { "groupOfNames" } else { "groupOfUniqueNames" };
-                w.add(&group, &[("objectClass", &[class]), ("cn", &["admins"]), (admins_attr, &[admin])]);
+                w.add(
+                    &format!("ou=people,{domain}"),
+                    &[
+                        ("objectClass", &["organizationalUnit"]),
+                        ("ou", &["people"]),
+                    ],
+                );
+                let class = if admins_attr == "member" {
+                    "groupOfNames"
+                } else {
+                    "groupOfUniqueNames"
+                };
+                w.add(
+                    &group,
+                    &[
+                        ("objectClass", &[class]),
+                        ("cn", &["admins"]),
+                        (admins_attr, &[admin]),
+                    ],
+                );
             }
-            for (uid, domain) in [("alice", EXAMPLE), ("bob", EXAMPLE), ("carol", EXAMPLE), ("dave", OTHER), ("erin", OTHER)] {
+            for (uid, domain) in [
+                ("alice", EXAMPLE),
+                ("bob", EXAMPLE),
+                ("carol", EXAMPLE),
+                ("dave", OTHER),
+                ("erin", OTHER),
+            ] {
                 let dc = domain.split(',').next().unwrap().trim_start_matches("dc=");
                 let mail = format!("{uid}@{dc}");
                 w.add(
@@ -1367,7 +1430,9 @@ mod tests {
 
         fn entry(&self, dn: &str) -> &StoredEntry {
             let key = key_of(&self.schema, dn).unwrap();
-            self.entries.get(&key).unwrap_or_else(|| panic!("no entry {dn}"))
+            self.entries
+                .get(&key)
+                .unwrap_or_else(|| panic!("no entry {dn}"))
         }
 
         fn lookup(&self) -> impl Fn(&str) -> Option<StoredEntry> + '_ {
@@ -1413,12 +1478,17 @@ mod tests {
             assert_eq!(w.right(&acl, &anon, dn, None), Right::NONE, "{dn}");
         }
         assert_eq!(w.right(&acl, &anon, &alice, Some("mail")), Right::NONE);
-        assert_eq!(w.right(&acl, &anon, &alice, Some("userPassword")), Right::AUTH);
+        assert_eq!(
+            w.right(&acl, &anon, &alice, Some("userPassword")),
+            Right::AUTH
+        );
         let lookup = w.lookup();
         let ctx = LookupContext::new(&w.schema, &lookup);
         assert!(acl.may_auth(&w.schema, &anon, w.entry(&alice), &ctx));
         assert!(!acl.may_compare(&w.schema, &anon, w.entry(&alice), "userPassword", &ctx));
-        assert!(acl.visible_attrs(&w.schema, &anon, w.entry(&alice), &ctx).is_empty());
+        assert!(acl
+            .visible_attrs(&w.schema, &anon, w.entry(&alice), &ctx)
+            .is_empty());
         // Service identities bind too.
         let postfix = w.entry("cn=postfix,ou=system,dc=pigeonair");
         assert!(acl.may_auth(&w.schema, &anon, postfix, &ctx));
@@ -1433,7 +1503,10 @@ mod tests {
         let bob = person("bob", EXAMPLE);
         assert_eq!(w.right(&acl, &alice, &bob, None), Right::READ);
         assert_eq!(w.right(&acl, &alice, &bob, Some("mail")), Right::READ);
-        assert_eq!(w.right(&acl, &alice, &bob, Some("userPassword")), Right::AUTH);
+        assert_eq!(
+            w.right(&acl, &alice, &bob, Some("userPassword")),
+            Right::AUTH
+        );
         let lookup = w.lookup();
         let ctx = LookupContext::new(&w.schema, &lookup);
         let seen = acl.visible_attrs(&w.schema, &alice, w.entry(&bob), &ctx);
@@ -1459,7 +1532,12 @@ mod tests {
         assert_eq!(w.right(&acl, &alice, &dave, None), Right::NONE);
         assert_eq!(w.right(&acl, &alice, &dave, Some("mail")), Right::NONE);
         assert_eq!(w.right(&acl, &alice, OTHER, None), Right::NONE);
-        for dn in ["ou=nodes,dc=pigeonair", "cn=node1,ou=nodes,dc=pigeonair", "ou=system,dc=pigeonair", "cn=postfix,ou=system,dc=pigeonair"] {
+        for dn in [
+            "ou=nodes,dc=pigeonair",
+            "cn=node1,ou=nodes,dc=pigeonair",
+            "ou=system,dc=pigeonair",
+            "cn=postfix,ou=system,dc=pigeonair",
+        ] {
             assert_eq!(w.right(&acl, &alice, dn, None), Right::NONE, "{dn}");
         }
         // Hidden entries answer like missing ones: matchedDN stops at what she sees.
@@ -1519,7 +1597,9 @@ mod tests {
         let domain = w.entry(EXAMPLE);
         assert!(acl.may_write_attr(&w.schema, &carol, domain, "description", &ctx));
         assert!(!acl.may_write_attr(&w.schema, &carol, domain, "pigeonairAdminGroup", &ctx));
-        assert!(acl.access(&w.schema, &carol, domain, Some("pigeonairAdminGroup"), &ctx).allows(Privilege::Read));
+        assert!(acl
+            .access(&w.schema, &carol, domain, Some("pigeonairAdminGroup"), &ctx)
+            .allows(Privilege::Read));
         assert!(!acl.may_write_entry(&w.schema, &carol, domain, &ctx));
         assert!(acl.can_see_entry(&w.schema, &carol, domain, &ctx));
         // A new account in her domain: allowed; in another domain: not.
@@ -1570,21 +1650,37 @@ mod tests {
         assert_eq!(w.right(&acl, &svc, &bob, Some("mailHost")), Right::READ);
         assert_eq!(w.right(&acl, &svc, &dave, Some("mail")), Right::READ);
         assert_eq!(w.right(&acl, &svc, &bob, None), Right::READ);
-        assert_eq!(w.right(&acl, &svc, &bob, Some("telephoneNumber")), Right::NONE);
-        assert!(!w.right(&acl, &svc, &bob, Some("userPassword")).allows(Privilege::Read));
-        assert_eq!(w.right(&acl, &svc, "cn=node1,ou=nodes,dc=pigeonair", None), Right::NONE);
+        assert_eq!(
+            w.right(&acl, &svc, &bob, Some("telephoneNumber")),
+            Right::NONE
+        );
+        assert!(!w
+            .right(&acl, &svc, &bob, Some("userPassword"))
+            .allows(Privilege::Read));
+        assert_eq!(
+            w.right(&acl, &svc, "cn=node1,ou=nodes,dc=pigeonair", None),
+            Right::NONE
+        );
         // Its own entry is visible to it, nothing else of the system.
-        assert_eq!(w.right(&acl, &svc, "cn=postfix,ou=system,dc=pigeonair", None), Right::READ);
+        assert_eq!(
+            w.right(&acl, &svc, "cn=postfix,ou=system,dc=pigeonair", None),
+            Right::READ
+        );
 
         let key = key_of(&w.schema, SUFFIX).unwrap();
         let opts = AclOptions {
             service_reads_passwords: true,
         };
         let acl = Acl::defaults(&w.schema, &key, &opts);
-        assert!(w.right(&acl, &svc, &bob, Some("userPassword")).allows(Privilege::Read));
+        assert!(w
+            .right(&acl, &svc, &bob, Some("userPassword"))
+            .allows(Privilege::Read));
         // Read-only, whatever a rule says.
         let generous = Acl::parse(&w.schema, "to * by * write").unwrap();
-        assert_eq!(w.right(&generous, &svc, &bob, Some("mailHost")), Right::READ);
+        assert_eq!(
+            w.right(&generous, &svc, &bob, Some("mailHost")),
+            Right::READ
+        );
     }
 
     #[test]
@@ -1595,9 +1691,16 @@ mod tests {
             admin: true,
             ..Requester::bound(&w.schema, "cn=root,ou=system,dc=pigeonair").unwrap()
         };
-        for dn in [SUFFIX, "cn=node1,ou=nodes,dc=pigeonair", &person("dave", OTHER)] {
+        for dn in [
+            SUFFIX,
+            "cn=node1,ou=nodes,dc=pigeonair",
+            &person("dave", OTHER),
+        ] {
             assert_eq!(w.right(&acl, &admin, dn, None), Right::WRITE);
-            assert_eq!(w.right(&acl, &admin, dn, Some("userPassword")), Right::WRITE);
+            assert_eq!(
+                w.right(&acl, &admin, dn, Some("userPassword")),
+                Right::WRITE
+            );
         }
     }
 
@@ -1641,11 +1744,20 @@ to children="ou=nodes,dc=pigeonair" by users compare
         assert_eq!(w.right(&acl, &alice, &alice_dn, Some("cn")), Right::WRITE);
         assert_eq!(w.right(&acl, &erin, &alice_dn, Some("mail")), Right::READ);
         assert_eq!(w.right(&acl, &bob, &alice_dn, Some("mail")), Right::SEARCH);
-        assert_eq!(w.right(&acl, &Requester::anonymous(), &alice_dn, Some("mail")), Right::NONE);
+        assert_eq!(
+            w.right(&acl, &Requester::anonymous(), &alice_dn, Some("mail")),
+            Right::NONE
+        );
         // userPassword is not covered: nobody gets anything on it.
-        assert_eq!(w.right(&acl, &alice, &alice_dn, Some("userPassword")), Right::NONE);
+        assert_eq!(
+            w.right(&acl, &alice, &alice_dn, Some("userPassword")),
+            Right::NONE
+        );
         // The filter: the domain entry is no inetOrgPerson.
-        assert_eq!(w.right(&acl, &alice, EXAMPLE, Some("description")), Right::NONE);
+        assert_eq!(
+            w.right(&acl, &alice, EXAMPLE, Some("description")),
+            Right::NONE
+        );
         // base scope, a DN written in another case, subtypes of `name` (dc is not one).
         let c_r = Right::of(&[Privilege::Compare, Privilege::Read]);
         assert_eq!(w.right(&acl, &bob, EXAMPLE, None), c_r);
@@ -1653,8 +1765,14 @@ to children="ou=nodes,dc=pigeonair" by users compare
         assert_eq!(w.right(&acl, &bob, EXAMPLE, Some("dc")), Right::NONE);
         assert_eq!(w.right(&acl, &alice, EXAMPLE, None), Right::NONE);
         // children scope excludes the base.
-        assert_eq!(w.right(&acl, &alice, "cn=node1,ou=nodes,dc=pigeonair", None), Right::COMPARE);
-        assert_eq!(w.right(&acl, &alice, "ou=nodes,dc=pigeonair", None), Right::NONE);
+        assert_eq!(
+            w.right(&acl, &alice, "cn=node1,ou=nodes,dc=pigeonair", None),
+            Right::COMPARE
+        );
+        assert_eq!(
+            w.right(&acl, &alice, "ou=nodes,dc=pigeonair", None),
+            Right::NONE
+        );
     }
 
     #[test]
@@ -1667,7 +1785,10 @@ to children="ou=nodes,dc=pigeonair" by users compare
             ("to filter=\"(objectClass=\" by * read\n", "line 1:"),
             ("to * by * read\n\nfrom * by * read\n", "line 3:"),
             ("to subtree=\"dc=x\"\n", "line 1:"),
-            ("to * by * read\nto subtree=\"not a dn\" by * read\n", "line 2:"),
+            (
+                "to * by * read\nto subtree=\"not a dn\" by * read\n",
+                "line 2:",
+            ),
             ("    by * read\n", "line 1:"),
             ("to * by * read\nto base=\"dc=x by * read\n", "line 2:"),
             ("to * by * =xq\n", "line 1:"),
@@ -1681,7 +1802,9 @@ to children="ou=nodes,dc=pigeonair" by users compare
 
     #[test]
     fn rights_parse_and_print() {
-        for s in ["none", "auth", "compare", "search", "read", "write", "=xw", "=cr"] {
+        for s in [
+            "none", "auth", "compare", "search", "read", "write", "=xw", "=cr",
+        ] {
             assert_eq!(Right::parse(s).unwrap().to_string(), s);
         }
         assert_eq!(Right::parse("=0"), Some(Right::NONE));

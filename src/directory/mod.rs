@@ -8,6 +8,7 @@
 //! travel inside it, so every replica that applies the same commands reaches the same
 //! state. Reads go through [`Directory::view`], a consistent snapshot.
 
+pub mod acl;
 pub mod dn;
 pub mod entry;
 pub mod eval;

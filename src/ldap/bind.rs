@@ -55,6 +55,7 @@ pub async fn handle(
         return Identity::default();
     }
     if conn.require_tls_for_bind && !conn.secure {
+        crate::metrics::inc(&crate::metrics::LDAP_BINDS_CLEAR_REFUSED);
         tracing::warn!(peer = %conn.peer, dn = %name, "simple bind refused on an unencrypted connection");
         reply
             .send(
@@ -80,14 +81,28 @@ pub async fn handle(
             .await;
         return Identity::default();
     }
+    // Failed binds slow down further binds for the same DN and from the same address.
+    let dn_key = Dn::parse(&name)
+        .ok()
+        .and_then(|d| ctx.dir.schema().dn_key(&d).ok())
+        .unwrap_or_else(|| name.to_ascii_lowercase());
+    let delay = ctx.throttle.delay(&dn_key, conn.peer.ip());
+    if !delay.is_zero() {
+        crate::metrics::inc(&crate::metrics::LDAP_BINDS_THROTTLED);
+        tokio::time::sleep(delay).await;
+    }
     match verify(ctx, &name, password).await {
         Some(identity) => {
             tracing::info!(dn = %identity.dn, "bind");
+            crate::metrics::inc(&crate::metrics::LDAP_BINDS_OK);
+            ctx.throttle.succeeded(&dn_key, conn.peer.ip());
             reply.send(response(ResultCode::Success, ""), None).await;
             identity
         }
         None => {
-            tracing::info!(dn = %name, "bind failed: invalid credentials");
+            tracing::warn!(dn = %name, peer = %conn.peer, "bind failed: invalid credentials");
+            crate::metrics::inc(&crate::metrics::LDAP_BINDS_FAILED);
+            ctx.throttle.failed(&dn_key, conn.peer.ip());
             reply
                 .send(
                     response(ResultCode::InvalidCredentials, "invalid credentials"),

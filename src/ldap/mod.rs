@@ -19,6 +19,7 @@ pub mod error;
 pub mod extended;
 pub mod filter_wire;
 pub mod fuzz;
+pub mod limits;
 pub mod modify;
 pub mod modify_dn;
 pub mod rootdse;
@@ -63,6 +64,10 @@ pub struct LdapContext {
     pub admin_keys: Vec<String>,
     /// Where writes go.
     pub writes: Arc<dyn WritePath>,
+    /// Failed-bind delays.
+    pub throttle: limits::BindThrottle,
+    /// Connections per client address.
+    pub address_slots: Arc<limits::AddressSlots>,
 }
 
 impl LdapContext {
@@ -78,17 +83,26 @@ impl LdapContext {
             let parsed = crate::directory::dn::Dn::parse(dn).map_err(|e| e.to_string())?;
             admin_keys.push(dir.schema().dn_key(&parsed).map_err(|e| e.to_string())?);
         }
+        let throttle =
+            limits::BindThrottle::new(std::time::Duration::from_millis(config.bind_delay_max_ms));
         Ok(LdapContext {
             dir,
             config,
             admin_keys,
             writes,
+            throttle,
+            address_slots: Arc::new(limits::AddressSlots::default()),
         })
     }
 
     /// Apply a write through the node's write path: durable when this returns `Ok`.
     pub async fn write(&self, cmd: DirectoryCommand) -> Result<(), DirError> {
-        self.writes.write(cmd).await
+        crate::metrics::inc(&crate::metrics::LDAP_WRITES);
+        let r = self.writes.write(cmd).await;
+        if r.is_err() {
+            crate::metrics::inc(&crate::metrics::LDAP_WRITES_FAILED);
+        }
+        r
     }
 }
 
@@ -129,11 +143,24 @@ pub async fn serve(
         };
         next_session += 1;
         let Ok(permit) = slots.clone().try_acquire_owned() else {
-            tracing::warn!(%peer, "connection refused: too many connections");
-            let ctx = ctx.clone();
-            tokio::spawn(async move { session::refuse_busy(stream, &ctx).await });
+            tracing::warn!(%peer, "connection refused: the node's connection cap is reached");
+            crate::metrics::inc(&crate::metrics::LDAP_REFUSED_TOTAL_CAP);
+            tokio::spawn(session::refuse_busy(stream, "too many connections"));
             continue;
         };
+        let Some(address_slot) = ctx
+            .address_slots
+            .take(peer.ip(), ctx.config.max_connections_per_address)
+        else {
+            tracing::warn!(%peer, "connection refused: too many connections from this address");
+            crate::metrics::inc(&crate::metrics::LDAP_REFUSED_ADDRESS_CAP);
+            tokio::spawn(session::refuse_busy(
+                stream,
+                "too many connections from your address",
+            ));
+            continue;
+        };
+        crate::metrics::inc(&crate::metrics::LDAP_CONNECTIONS);
         let _ = stream.set_nodelay(true);
         let ctx = ctx.clone();
         let shutdown = shutdown.clone();
@@ -143,6 +170,7 @@ pub async fn serve(
         tokio::spawn(
             async move {
                 serve_connection(ctx, stream, peer, tls, require_tls_for_bind, shutdown).await;
+                drop(address_slot);
                 drop(permit);
             }
             .instrument(span),

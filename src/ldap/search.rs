@@ -136,6 +136,7 @@ pub async fn handle(
     req: SearchRequest,
     ctrls: &[Control],
 ) {
+    crate::metrics::inc(&crate::metrics::LDAP_SEARCHES);
     let filter = match filter_wire::from_wire(&req.filter) {
         Ok(f) => f,
         Err(e) => {
@@ -245,7 +246,12 @@ async fn finish(
     }
     let result = match outcome {
         Ok(Ok(_)) => codec::result(ResultCode::Success, "", ""),
-        Ok(Err(e)) => result_of(&e),
+        Ok(Err(e)) => {
+            if matches!(e, DirError::SizeLimit | DirError::TimeLimit) {
+                crate::metrics::inc(&crate::metrics::LDAP_SEARCH_LIMITED);
+            }
+            result_of(&e)
+        }
         Err(_) => codec::result(ResultCode::Other, "", "search failed"),
     };
     reply

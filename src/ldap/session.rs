@@ -63,9 +63,9 @@ pub struct SessionState {
     pub next_cookie: Mutex<u64>,
 }
 
-/// Refuse a connection beyond the cap with a Notice of Disconnection (`busy`).
-pub async fn refuse_busy(mut stream: TcpStream, _ctx: &LdapContext) {
-    let notice = codec::notice_of_disconnection(ResultCode::Busy, "too many connections");
+/// Refuse a connection beyond a cap with a Notice of Disconnection (`busy`).
+pub async fn refuse_busy(mut stream: TcpStream, why: &'static str) {
+    let notice = codec::notice_of_disconnection(ResultCode::Busy, why);
     let _ = stream.write_all(&notice).await;
     let _ = stream.shutdown().await;
 }
@@ -285,9 +285,22 @@ where
                 }
             }
         }
+        let idle = ctx.config.idle_timeout_secs;
+        let idle_limit = async {
+            if idle == 0 || !tasks.is_empty() {
+                std::future::pending::<()>().await
+            }
+            tokio::time::sleep(std::time::Duration::from_secs(idle)).await
+        };
         let read = tokio::select! {
             r = rd.read_buf(&mut buf) => r,
             _ = shutdown.changed() => break 'conn,
+            _ = idle_limit => {
+                tracing::info!(%peer, "closing an idle connection");
+                crate::metrics::inc(&crate::metrics::LDAP_IDLE_CLOSED);
+                let _ = tx.send(codec::notice_of_disconnection(ResultCode::Unavailable, "idle timeout")).await;
+                break 'conn;
+            }
         };
         match read {
             Ok(0) => {
@@ -326,6 +339,7 @@ where
 }
 
 async fn protocol_error(tx: &mpsc::Sender<Vec<u8>>, e: &CodecError, peer: SocketAddr) {
+    crate::metrics::inc(&crate::metrics::LDAP_PROTOCOL_ERRORS);
     tracing::info!(%peer, error = %e, "closing connection after a protocol error");
     let _ = tx
         .send(codec::notice_of_disconnection(

@@ -635,3 +635,84 @@ pub fn bound_conn(node: &Node, dn: &str, pw: &str) -> ldap3::LdapConn {
 pub fn admin_conn(node: &Node) -> ldap3::LdapConn {
     bound_conn(node, &node.admin_dn, &node.admin_pw)
 }
+
+/// A node started with `pigeonair init` + `pigeonair run` on a configuration file, for
+/// tests that need settings quickstart does not offer.
+pub struct ConfiguredNode {
+    child: Child,
+    /// `ldap://127.0.0.1:PORT`.
+    pub url: String,
+    /// The administrator's password.
+    pub admin_pw: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for ConfiguredNode {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Start a node whose `[ldap]` section holds `ldap_settings` (TOML lines) besides an
+/// ephemeral listener.
+pub fn start_configured(ldap_settings: &str) -> ConfiguredNode {
+    let dir = tempfile::Builder::new()
+        .prefix("pigeonair-cfg-")
+        .tempdir()
+        .expect("a temporary directory");
+    let config = dir.path().join("node.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[node]\ndata_dir = \"{}\"\n[ldap]\nlisten = [\"127.0.0.1:0\"]\n{ldap_settings}\n[cluster]\nlisten = \"127.0.0.1:0\"\n",
+            dir.path().join("data").display()
+        ),
+    )
+    .expect("write the configuration");
+    let bin = env!("CARGO_BIN_EXE_pigeonair");
+    let out = Command::new(bin)
+        .args(["init", "--admin-password", ADMIN_PASSWORD, "--config"])
+        .arg(&config)
+        .output()
+        .expect("run init");
+    assert!(
+        out.status.success(),
+        "init: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut child = Command::new(bin)
+        .args(["run", "--config"])
+        .arg(&config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the node");
+    let (tx, rx) = mpsc::channel();
+    let stdout = child.stdout.take().expect("stdout");
+    thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + STARTUP_DEADLINE;
+    let mut url = String::new();
+    loop {
+        let line = rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("the node printed `ready` in time");
+        if let Some(u) = line.strip_prefix("ldap: ") {
+            url = u.to_string();
+        }
+        if line == "ready" {
+            break;
+        }
+    }
+    ConfiguredNode {
+        child,
+        url,
+        admin_pw: ADMIN_PASSWORD.to_string(),
+        _dir: dir,
+    }
+}

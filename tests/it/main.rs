@@ -8,6 +8,7 @@ mod bad_input;
 mod durability;
 mod ldap_tools;
 mod ldif_cli;
+mod limits;
 mod python_client;
 mod rust_client;
 mod tls;

@@ -1,11 +1,9 @@
 //! LDAP over TLS: StartTLS (`ldapsearch -ZZ`) and LDAPS with the self-signed certificate
 //! quickstart generates, and refusing simple binds on unencrypted connections.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
-use crate::harness::Node;
+use crate::harness::{start_configured, Node};
 
 fn ldapsearch(cacert: Option<&std::path::Path>, args: &[&str]) -> std::process::Output {
     let mut cmd = Command::new("ldapsearch");
@@ -77,68 +75,21 @@ fn start_tls_and_ldaps_with_the_quickstart_certificate() {
 
 #[test]
 fn simple_bind_needs_tls_when_configured() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("node.toml");
     let quick = Node::start();
     let cert = quick.data_dir().join("tls/ldap-cert.pem");
     let key = quick.data_dir().join("tls/ldap-key.pem");
-    std::fs::write(
-        &config,
-        format!(
-            "[node]\ndata_dir = \"{}\"\n[ldap]\nlisten = [\"127.0.0.1:0\"]\ntls_cert = \"{}\"\ntls_key = \"{}\"\nrequire_tls_for_bind = true\n[cluster]\nlisten = \"127.0.0.1:0\"\n",
-            dir.path().join("data").display(),
-            cert.display(),
-            key.display()
-        ),
-    )
-    .unwrap();
-    let bin = env!("CARGO_BIN_EXE_pigeonair");
-    let out = Command::new(bin)
-        .args(["init", "--admin-password", "pw", "--config"])
-        .arg(&config)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "init: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let mut child = Command::new(bin)
-        .args(["run", "--config"])
-        .arg(&config)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut url = String::new();
-    let lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    for line in lines.map_while(Result::ok) {
-        if let Some(u) = line.strip_prefix("ldap: ") {
-            url = u.to_string();
-        }
-        if line == "ready" || Instant::now() > deadline {
-            break;
-        }
-    }
+    let node = start_configured(&format!(
+        "tls_cert = \"{}\"\ntls_key = \"{}\"\nrequire_tls_for_bind = true",
+        cert.display(),
+        key.display()
+    ));
     let admin = "cn=admin,ou=system,dc=pigeonair";
+    let pw = node.admin_pw.clone();
     let plain = ldapsearch(
         Some(&cert),
         &[
-            "-x", "-H", &url, "-D", admin, "-w", "pw", "-b", "", "-s", "base",
+            "-x", "-H", &node.url, "-D", admin, "-w", &pw, "-b", "", "-s", "base",
         ],
-    );
-    let secured = ldapsearch(
-        Some(&cert),
-        &[
-            "-x", "-ZZ", "-H", &url, "-D", admin, "-w", "pw", "-b", "", "-s", "base",
-        ],
-    );
-    let _ = child.kill();
-    assert!(
-        secured.status.success(),
-        "the same bind after StartTLS works: {}",
-        String::from_utf8_lossy(&secured.stderr)
     );
     let text = String::from_utf8_lossy(&plain.stderr).to_string();
     assert_eq!(
@@ -146,5 +97,15 @@ fn simple_bind_needs_tls_when_configured() {
         Some(13),
         "confidentialityRequired on a clear connection: {text}"
     );
-    let _ = child.wait();
+    let secured = ldapsearch(
+        Some(&cert),
+        &[
+            "-x", "-ZZ", "-H", &node.url, "-D", admin, "-w", &pw, "-b", "", "-s", "base",
+        ],
+    );
+    assert!(
+        secured.status.success(),
+        "the same bind after StartTLS works: {}",
+        String::from_utf8_lossy(&secured.stderr)
+    );
 }
