@@ -110,6 +110,11 @@ pub struct LdapConfig {
     pub idle_timeout_secs: u64,
     /// The longest delay failed binds build up, in milliseconds.
     pub bind_delay_max_ms: u64,
+    /// DNs of read-only service identities (Dovecot, Postfix lookups): they read the
+    /// mail routing attributes of every domain.
+    pub service_dns: Vec<String>,
+    /// Service identities may also read `userPassword` (for password lookups).
+    pub service_reads_passwords: bool,
     /// LDAPS listeners (TLS from the first byte).
     pub listen_tls: Vec<SocketAddr>,
     /// The server certificate chain (PEM); enables LDAPS and StartTLS.
@@ -183,6 +188,8 @@ impl Default for LdapConfig {
             max_connections_per_address: 256,
             idle_timeout_secs: 900,
             bind_delay_max_ms: 2000,
+            service_dns: Vec::new(),
+            service_reads_passwords: false,
             listen_tls: Vec::new(),
             tls_cert: None,
             tls_key: None,

@@ -784,8 +784,7 @@ fn export(
             filter: &filter,
             size_limit: 0,
             deadline: None,
-            hidden: &[],
-            viewer_key: "",
+            view: None,
         },
         |_, e| {
             let attrs: Vec<(String, Vec<u8>)> = e

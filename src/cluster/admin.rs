@@ -164,8 +164,7 @@ pub async fn handle(cluster: &std::sync::Arc<Cluster>, req: AdminRequest) -> Adm
                 filter: &filter,
                 size_limit: 0,
                 deadline: None,
-                hidden: &[],
-                viewer_key: "",
+                view: None,
             };
             match view.search(&req, |_, e| {
                 tokens.extend(join::token_info(&e));
@@ -211,8 +210,7 @@ pub async fn handle(cluster: &std::sync::Arc<Cluster>, req: AdminRequest) -> Adm
                 filter: &filter,
                 size_limit: 0,
                 deadline: None,
-                hidden: &[],
-                viewer_key: "",
+                view: None,
             };
             match view.search(&req, |_, _| {
                 n += 1;

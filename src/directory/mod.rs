@@ -160,6 +160,9 @@ pub enum DirError {
     /// The request is valid but will not be done (unwillingToPerform, 53).
     #[error("{0}")]
     UnwillingToPerform(String),
+    /// The requester may not do this (insufficientAccessRights, 50).
+    #[error("insufficient access")]
+    InsufficientAccess,
     /// No leader could take the write in time (unavailable, 52); nothing was applied.
     #[error("{0}")]
     Unavailable(String),
@@ -195,7 +198,7 @@ pub enum Scope {
 }
 
 /// A search request, after parsing.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct SearchRequest<'a> {
     /// The base DN.
     pub base: &'a str,
@@ -207,11 +210,9 @@ pub struct SearchRequest<'a> {
     pub size_limit: usize,
     /// Give up at this instant.
     pub deadline: Option<Instant>,
-    /// Attributes the caller may not read: the filter cannot see them either, except
-    /// on the entry whose key is `viewer_key` (the caller's own).
-    pub hidden: &'a [&'a str],
-    /// The caller's own DN key (empty: anonymous).
-    pub viewer_key: &'a str,
+    /// What the caller may search of an entry (`None`: the entry is hidden from it);
+    /// the filter is evaluated on that view. `None` here: everything is visible.
+    pub view: Option<&'a dyn Fn(&StoredEntry) -> Option<StoredEntry>>,
 }
 
 /// Settings of a directory (from the node's configuration).
@@ -1134,18 +1135,9 @@ impl DirView<'_> {
                 continue;
             }
             self.add_virtual(&mut e)?;
-            let visible = if !req.hidden.is_empty()
-                && e.key != req.viewer_key
-                && e.attrs
-                    .iter()
-                    .any(|a| req.hidden.iter().any(|h| h.eq_ignore_ascii_case(&a.name)))
-            {
-                let mut copy = e.clone();
-                copy.attrs
-                    .retain(|a| !req.hidden.iter().any(|h| h.eq_ignore_ascii_case(&a.name)));
-                eval::matches(schema, req.filter, &copy)
-            } else {
-                eval::matches(schema, req.filter, &e)
+            let visible = match req.view {
+                Some(view) => view(&e).is_some_and(|seen| eval::matches(schema, req.filter, &seen)),
+                None => eval::matches(schema, req.filter, &e),
             };
             if !visible {
                 continue;

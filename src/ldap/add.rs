@@ -2,6 +2,7 @@
 
 use rasn_ldap::{AddRequest, AddResponse, ProtocolOp, ResultCode};
 
+use super::access::{authorize, Operation};
 use super::error::result_of;
 use super::session::Reply;
 use super::{codec, Identity, LdapContext};
@@ -11,15 +12,6 @@ use crate::directory::{hash_clear_passwords, DirectoryCommand, WriteMeta};
 /// Handle an add request.
 pub async fn handle(ctx: &LdapContext, who: &Identity, reply: &Reply, req: AddRequest) {
     let send = |r| reply.send(ProtocolOp::AddResponse(AddResponse(r)), None);
-    if !who.admin {
-        send(codec::result(
-            ResultCode::InsufficientAccessRights,
-            "",
-            "insufficient access",
-        ))
-        .await;
-        return;
-    }
     let mut attrs = Vec::with_capacity(req.attributes.len());
     for a in req.attributes {
         let mut values: Vec<Vec<u8>> = a.vals.into_vec().into_iter().map(|v| v.to_vec()).collect();
@@ -28,6 +20,17 @@ pub async fn handle(ctx: &LdapContext, who: &Identity, reply: &Reply, req: AddRe
             name: a.r#type.0,
             values,
         });
+    }
+    if let Err(e) = authorize(
+        ctx,
+        who,
+        Operation::Add {
+            dn: &req.entry.0,
+            attrs: &attrs,
+        },
+    ) {
+        send(result_of(&e)).await;
+        return;
     }
     let cmd = DirectoryCommand::Add {
         dn: req.entry.0,

@@ -2,6 +2,9 @@
 
 use rasn_ldap::{CompareRequest, CompareResponse, ProtocolOp, ResultCode};
 
+use std::sync::Arc;
+
+use super::access::Checker;
 use super::error::result_of;
 use super::session::Reply;
 use super::{codec, Identity, LdapContext};
@@ -10,9 +13,9 @@ use crate::directory::filter::Filter;
 use crate::directory::DirError;
 
 /// Handle a compare request.
-pub async fn handle(ctx: &LdapContext, who: &Identity, reply: &Reply, req: CompareRequest) {
+pub async fn handle(ctx: &Arc<LdapContext>, who: &Identity, reply: &Reply, req: CompareRequest) {
     let dir = ctx.dir.clone();
-    let admin = who.admin;
+    let (ctx, who) = (ctx.clone(), who.clone());
     let result = tokio::task::spawn_blocking(move || {
         let schema = dir.schema();
         let attr = req.ava.attribute_desc.0;
@@ -30,28 +33,18 @@ pub async fn handle(ctx: &LdapContext, who: &Identity, reply: &Reply, req: Compa
                 "attribute has no equality matching rule",
             );
         }
-        if at.name().eq_ignore_ascii_case("userPassword") && !admin {
-            return codec::result(
-                ResultCode::InsufficientAccessRights,
-                "",
-                "insufficient access",
-            );
+        let checker = match Checker::new(&ctx, &dir, &who) {
+            Ok(c) => c,
+            Err(e) => return result_of(&e),
+        };
+        // A hidden entry answers like a missing one; a visible one needs compare right.
+        let entry = match checker.visible(&req.entry.0) {
+            Ok(e) => e,
+            Err(e) => return result_of(&e),
+        };
+        if !checker.with(|acl, w, a| acl.may_compare(schema, w, &entry, at.name(), a)) {
+            return result_of(&DirError::InsufficientAccess);
         }
-        let view = match dir.view() {
-            Ok(v) => v,
-            Err(e) => return result_of(&e),
-        };
-        let entry = match view.find(&req.entry.0) {
-            Ok(Some(e)) => e,
-            Ok(None) => {
-                let matched = crate::directory::dn::Dn::parse(&req.entry.0)
-                    .ok()
-                    .and_then(|d| view.matched(&d).ok())
-                    .unwrap_or_default();
-                return result_of(&DirError::NoSuchObject { matched });
-            }
-            Err(e) => return result_of(&e),
-        };
         let filter = Filter::Equality(attr, req.ava.assertion_value.to_vec());
         match evaluate(schema, &filter, &entry, 0) {
             Truth::True => codec::result(ResultCode::CompareTrue, "", ""),

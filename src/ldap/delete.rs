@@ -2,6 +2,7 @@
 
 use rasn_ldap::{DelRequest, DelResponse, ProtocolOp, ResultCode};
 
+use super::access::{authorize, Operation};
 use super::error::result_of;
 use super::session::Reply;
 use super::{codec, Identity, LdapContext};
@@ -9,12 +10,8 @@ use crate::directory::{DirectoryCommand, WriteMeta};
 
 /// Handle a delete request.
 pub async fn handle(ctx: &LdapContext, who: &Identity, reply: &Reply, req: DelRequest) {
-    let result = if !who.admin {
-        codec::result(
-            ResultCode::InsufficientAccessRights,
-            "",
-            "insufficient access",
-        )
+    let result = if let Err(e) = authorize(ctx, who, Operation::Delete { dn: &req.0 .0 }) {
+        result_of(&e)
     } else {
         match ctx
             .write(DirectoryCommand::Delete {

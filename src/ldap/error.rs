@@ -38,6 +38,7 @@ pub fn result_of(e: &DirError) -> LdapResult {
         ),
         DirError::UnwillingToPerform(_) => (ResultCode::UnwillingToPerform, ""),
         DirError::Unavailable(_) => (ResultCode::Unavailable, ""),
+        DirError::InsufficientAccess => (ResultCode::InsufficientAccessRights, ""),
         DirError::SizeLimit => (ResultCode::SizeLimitExceeded, ""),
         DirError::TimeLimit => (ResultCode::TimeLimitExceeded, ""),
         DirError::Store(s) => {

@@ -120,14 +120,18 @@ async fn password_modify(
     let Some(target_key) = Dn::parse(&target).ok().and_then(|d| schema.dn_key(&d).ok()) else {
         return response(ResultCode::NoSuchObject, "no such user", None, None);
     };
-    let is_self = !who.is_anonymous() && target_key == who.key;
-    if !who.admin && !is_self {
-        return response(
-            ResultCode::InsufficientAccessRights,
-            "insufficient access",
-            None,
-            None,
-        );
+    let _ = target_key;
+    // The same rule as a modify of the target's userPassword.
+    if let Err(e) = super::access::authorize(
+        ctx,
+        who,
+        super::access::Operation::Modify {
+            dn: &target,
+            attrs: vec!["userPassword"],
+        },
+    ) {
+        let r = super::error::result_of(&e);
+        return response(r.result_code, &r.diagnostic_message, None, None);
     }
     if let Some(old) = &req.old_passwd {
         if bind::verify(ctx, &target, old.to_vec()).await.is_none() {

@@ -9,6 +9,7 @@
 //! - `controls` decodes and encodes request and response controls;
 //! - `error` maps directory errors to LDAP result codes, in one place.
 
+pub mod access;
 pub mod add;
 pub mod bind;
 pub mod codec;
@@ -68,6 +69,10 @@ pub struct LdapContext {
     pub throttle: limits::BindThrottle,
     /// Connections per client address.
     pub address_slots: Arc<limits::AddressSlots>,
+    /// The access rules.
+    pub acl: crate::directory::acl::Acl,
+    /// Normalised keys of the read-only service identities (Dovecot, Postfix).
+    pub service_keys: Vec<String>,
 }
 
 impl LdapContext {
@@ -85,6 +90,21 @@ impl LdapContext {
         }
         let throttle =
             limits::BindThrottle::new(std::time::Duration::from_millis(config.bind_delay_max_ms));
+        let mut service_keys = Vec::new();
+        for dn in &config.service_dns {
+            let parsed = crate::directory::dn::Dn::parse(dn)
+                .map_err(|e| format!("ldap.service_dns: {e}"))?;
+            service_keys.push(
+                dir.schema()
+                    .dn_key(&parsed)
+                    .map_err(|e| format!("ldap.service_dns: {e}"))?,
+            );
+        }
+        let options = crate::directory::acl::AclOptions {
+            service_reads_passwords: config.service_reads_passwords,
+        };
+        let suffix = dir.suffix().to_string();
+        let acl = crate::directory::acl::Acl::defaults(dir.schema(), &suffix, &options);
         Ok(LdapContext {
             dir,
             config,
@@ -92,6 +112,8 @@ impl LdapContext {
             writes,
             throttle,
             address_slots: Arc::new(limits::AddressSlots::default()),
+            acl,
+            service_keys,
         })
     }
 

@@ -2,10 +2,10 @@
 
 use rasn_ldap::{ChangeOperation, ModifyRequest, ModifyResponse, ProtocolOp, ResultCode};
 
+use super::access::{authorize, Operation};
 use super::error::result_of;
 use super::session::Reply;
 use super::{codec, Identity, LdapContext};
-use crate::directory::dn::Dn;
 use crate::directory::{hash_clear_passwords, Change, ChangeOp, DirectoryCommand, WriteMeta};
 
 /// The three operations rasn-ldap names; increment arrives through
@@ -40,26 +40,6 @@ pub async fn handle(ctx: &LdapContext, who: &Identity, reply: &Reply, req: Modif
         });
     }
     handle_changes(ctx, who, reply, req.object.0, changes).await;
-}
-
-/// Administrators modify anything; an account may change its own userPassword.
-pub fn may_modify(ctx: &LdapContext, who: &Identity, dn: &str, changes: &[Change]) -> bool {
-    if who.admin {
-        return true;
-    }
-    if who.is_anonymous() {
-        return false;
-    }
-    let schema = ctx.dir.schema();
-    let own = Dn::parse(dn)
-        .ok()
-        .and_then(|d| schema.dn_key(&d).ok())
-        .is_some_and(|k| k == who.key);
-    own && changes.iter().all(|c| {
-        schema
-            .attr(&c.attr)
-            .is_some_and(|a| a.name().eq_ignore_ascii_case("userPassword"))
-    })
 }
 
 mod wire {
@@ -140,12 +120,10 @@ pub async fn handle_changes(
     dn: String,
     changes: Vec<Change>,
 ) {
-    let result = if !may_modify(ctx, who, &dn, &changes) {
-        codec::result(
-            ResultCode::InsufficientAccessRights,
-            "",
-            "insufficient access",
-        )
+    let attrs: Vec<&str> = changes.iter().map(|c| c.attr.as_str()).collect();
+    let allowed = authorize(ctx, who, Operation::Modify { dn: &dn, attrs });
+    let result = if let Err(e) = allowed {
+        result_of(&e)
     } else {
         match ctx
             .write(DirectoryCommand::Modify {

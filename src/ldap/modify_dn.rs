@@ -2,19 +2,37 @@
 
 use rasn_ldap::{ModifyDnRequest, ModifyDnResponse, ProtocolOp, ResultCode};
 
+use super::access::{authorize, Operation};
 use super::error::result_of;
 use super::session::Reply;
 use super::{codec, Identity, LdapContext};
+use crate::directory::dn::Dn;
 use crate::directory::{DirectoryCommand, WriteMeta};
 
 /// Handle a modify DN request.
 pub async fn handle(ctx: &LdapContext, who: &Identity, reply: &Reply, req: ModifyDnRequest) {
-    let result = if !who.admin {
-        codec::result(
-            ResultCode::InsufficientAccessRights,
-            "",
-            "insufficient access",
-        )
+    let new_dn = {
+        let parent = match &req.new_superior {
+            Some(s) => s.0.clone(),
+            None => Dn::parse(&req.entry.0)
+                .map(|d| d.parent().to_string())
+                .unwrap_or_default(),
+        };
+        if parent.is_empty() {
+            req.new_rdn.0.clone()
+        } else {
+            format!("{},{parent}", req.new_rdn.0)
+        }
+    };
+    let result = if let Err(e) = authorize(
+        ctx,
+        who,
+        Operation::Rename {
+            dn: &req.entry.0,
+            new_dn,
+        },
+    ) {
+        result_of(&e)
     } else {
         let cmd = DirectoryCommand::ModifyDn {
             dn: req.entry.0,

@@ -10,6 +10,7 @@ use rasn_ldap::{
     SearchResultDone, SearchResultEntry,
 };
 
+use super::access::Checker;
 use super::controls;
 use super::error::result_of;
 use super::filter_wire;
@@ -73,20 +74,12 @@ impl Selection {
     }
 }
 
-/// Render an entry for a client: selected attributes only, `userPassword` only for
-/// administrators.
-pub fn render(
-    schema: &Schema,
-    who: &Identity,
-    e: &StoredEntry,
-    sel: &Selection,
-) -> SearchResultEntry {
+/// Render an entry for a client: the selected attributes of what the requester may
+/// read (the caller passes the readable view of the entry).
+pub fn render(schema: &Schema, e: &StoredEntry, sel: &Selection) -> SearchResultEntry {
     let mut attrs = Vec::new();
     for a in &e.attrs {
         if !sel.wants(schema, &a.name) {
-            continue;
-        }
-        if a.name.eq_ignore_ascii_case("userPassword") && !who.admin {
             continue;
         }
         let vals: Vec<OctetString> = if sel.types_only {
@@ -103,15 +96,6 @@ pub fn render(
         ));
     }
     SearchResultEntry::new(e.dn.as_str().into(), attrs)
-}
-
-/// Attributes a caller may not read, so filters may not test them either.
-fn hidden_for(who: &Identity) -> &'static [&'static str] {
-    if who.admin {
-        &[]
-    } else {
-        &["userPassword"]
-    }
 }
 
 /// A paged search in progress: the ids still to send.
@@ -161,15 +145,7 @@ pub async fn handle(
         if crate::directory::eval::matches(&schema, &filter, &entry) {
             reply
                 .send(
-                    ProtocolOp::SearchResEntry(render(
-                        &schema,
-                        &Identity {
-                            admin: true,
-                            ..who.clone()
-                        },
-                        &entry,
-                        &sel,
-                    )),
+                    ProtocolOp::SearchResEntry(render(&schema, &entry, &sel)),
                     None,
                 )
                 .await;
@@ -206,28 +182,31 @@ pub async fn handle(
                 .await
         }
         None => {
-            let dir = ctx.dir.clone();
-            let who = who.clone();
+            let (dir, ctx2, who) = (ctx.dir.clone(), ctx.clone(), who.clone());
             let r = reply.clone();
             let outcome = tokio::task::spawn_blocking(move || {
+                let checker = Checker::new(&ctx2, &dir, &who)?;
+                checker.visible(&base)?;
                 let view = dir.view()?;
-                let hidden = hidden_for(&who);
-                let req = directory::SearchRequest {
-                    base: &base,
-                    scope,
-                    filter: &filter,
-                    size_limit,
-                    deadline,
-                    hidden,
-                    viewer_key: &who.key,
-                };
-                view.search(&req, |_, e| {
-                    r.send_blocking(ProtocolOp::SearchResEntry(render(
-                        dir.schema(),
-                        &who,
-                        &e,
-                        &sel,
-                    )))
+                let schema = dir.schema();
+                checker.with(|acl, req_who, actx| {
+                    let see = |e: &StoredEntry| acl.searchable_entry(schema, req_who, e, actx);
+                    let req = directory::SearchRequest {
+                        base: &base,
+                        scope,
+                        filter: &filter,
+                        size_limit,
+                        deadline,
+                        view: Some(&see),
+                    };
+                    view.search(&req, |_, e| {
+                        match acl.readable_entry(schema, req_who, &e, actx) {
+                            Some(readable) => r.send_blocking(ProtocolOp::SearchResEntry(render(
+                                schema, &readable, &sel,
+                            ))),
+                            None => true,
+                        }
+                    })
                 })
             })
             .await;
@@ -288,26 +267,31 @@ async fn paged(
             return;
         }
         let (b, f) = (base.clone(), filter.clone());
-        let who = who.clone();
+        let (ctx2, who) = (ctx.clone(), who.clone());
         let ids = tokio::task::spawn_blocking(move || {
+            let checker = Checker::new(&ctx2, &dir, &who)?;
+            checker.visible(&b)?;
             let view = dir.view()?;
+            let schema = dir.schema();
             let mut ids = Vec::new();
-            let req = directory::SearchRequest {
-                base: &b,
-                scope,
-                filter: &f,
-                size_limit,
-                deadline,
-                hidden: hidden_for(&who),
-                viewer_key: &who.key,
-            };
-            match view.search(&req, |id, _| {
-                ids.push(id);
-                true
-            }) {
-                Ok(_) | Err(DirError::SizeLimit) => Ok(ids),
-                Err(e) => Err(e),
-            }
+            checker.with(|acl, req_who, actx| {
+                let see = |e: &StoredEntry| acl.searchable_entry(schema, req_who, e, actx);
+                let req = directory::SearchRequest {
+                    base: &b,
+                    scope,
+                    filter: &f,
+                    size_limit,
+                    deadline,
+                    view: Some(&see),
+                };
+                match view.search(&req, |id, _| {
+                    ids.push(id);
+                    true
+                }) {
+                    Ok(_) | Err(DirError::SizeLimit) => Ok(ids),
+                    Err(e) => Err(e),
+                }
+            })
         })
         .await;
         let ids = match ids {
@@ -361,36 +345,32 @@ async fn paged(
     let take: Vec<u64> = (0..page)
         .map_while(|_| search.remaining.pop_front())
         .collect();
-    let dir = ctx.dir.clone();
-    let who2 = who.clone();
+    let (dir, ctx2, who2) = (ctx.dir.clone(), ctx.clone(), who.clone());
     let r = reply.clone();
     let f = search.filter.clone();
     let sent = tokio::task::spawn_blocking(move || {
+        let checker = Checker::new(&ctx2, &dir, &who2)?;
         let view = dir.view()?;
-        for id in take {
-            // Entries changed since the first page are checked again.
-            if let Some(e) = view.entry(id)? {
-                let mut seen = e.clone();
-                if !who2.admin && seen.key != who2.key {
-                    seen.attrs.retain(|a| {
-                        !hidden_for(&who2)
-                            .iter()
-                            .any(|h| h.eq_ignore_ascii_case(&a.name))
-                    });
+        let schema = dir.schema();
+        checker.with(|acl, req_who, actx| {
+            for id in take {
+                // Entries changed since the first page are checked again.
+                let Some(e) = view.entry(id)? else { continue };
+                let matches = acl
+                    .searchable_entry(schema, req_who, &e, actx)
+                    .is_some_and(|seen| crate::directory::eval::matches(schema, &f, &seen));
+                if !matches {
+                    continue;
                 }
-                if crate::directory::eval::matches(dir.schema(), &f, &seen)
-                    && !r.send_blocking(ProtocolOp::SearchResEntry(render(
-                        dir.schema(),
-                        &who2,
-                        &e,
-                        &sel,
-                    )))
-                {
-                    return Ok(directory::SearchEnd::Stopped);
+                if let Some(readable) = acl.readable_entry(schema, req_who, &e, actx) {
+                    if !r.send_blocking(ProtocolOp::SearchResEntry(render(schema, &readable, &sel)))
+                    {
+                        return Ok(directory::SearchEnd::Stopped);
+                    }
                 }
             }
-        }
-        Ok::<_, DirError>(directory::SearchEnd::Complete)
+            Ok::<_, DirError>(directory::SearchEnd::Complete)
+        })
     })
     .await;
     let total = search.total;

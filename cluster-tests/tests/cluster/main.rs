@@ -1,5 +1,18 @@
-//! Multi-process tests of whole PigeonAir clusters. Replication (Raft) comes with the
-//! cluster issue; until then these start one real node process and check what a
-//! cluster operator relies on from every node.
+//! Multi-process tests of whole PigeonAir clusters: real `pigeonair` processes on
+//! distinct loopback addresses, driven with the CLI and real LDAP clients (see
+//! `harness.rs`).
+//!
+//! Each test owns a loopback subnet, so the tests run in parallel: node `i` listens on
+//! `127.0.S.i` (LDAP 3389, cluster 7400). Taken: 11 bootstrap, 12 leader_kill,
+//! 13 crash_catch_up, 14 snapshot_catch_up, 15 join_refusals, 16 drill
+//! (`single_node` uses ephemeral ports on 127.0.0.1).
 
+mod harness;
+
+mod bootstrap;
+mod crash_catch_up;
+mod drill;
+mod join_refusals;
+mod leader_kill;
 mod single_node;
+mod snapshot_catch_up;

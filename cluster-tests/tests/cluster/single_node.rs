@@ -2,26 +2,9 @@
 //! first node of a cluster, then an LDAP write survives a SIGKILL and restart.
 
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-
-fn binary() -> PathBuf {
-    // Build (or confirm up to date) the pigeonair binary of this workspace, in the same
-    // target directory as this test.
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
-    let status = Command::new(env!("CARGO"))
-        .args(["build", "-q", "--bin", "pigeonair", "--manifest-path"])
-        .arg(&manifest)
-        .status()
-        .expect("cargo build");
-    assert!(status.success(), "building pigeonair failed");
-    let exe = std::env::current_exe().expect("test executable path");
-    exe.ancestors()
-        .nth(2)
-        .expect("target dir")
-        .join("pigeonair")
-}
 
 fn start(bin: &Path, config: &Path) -> (Child, String) {
     let mut child = Command::new(bin)
@@ -67,7 +50,7 @@ fn ldap(args: &[&str]) -> std::process::Output {
 
 #[test]
 fn init_run_write_kill_restart() {
-    let bin = binary();
+    let bin = crate::harness::binary();
     let tmp = std::env::temp_dir().join(format!("pigeonair-cluster-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).unwrap();
@@ -80,7 +63,7 @@ fn init_run_write_kill_restart() {
         ),
     )
     .unwrap();
-    let out = Command::new(&bin)
+    let out = Command::new(bin)
         .args(["init", "--admin-password", "pw1", "--config"])
         .arg(&config)
         .output()
@@ -90,7 +73,7 @@ fn init_run_write_kill_restart() {
         "init: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let again = Command::new(&bin)
+    let again = Command::new(bin)
         .args(["init", "--admin-password", "pw1", "--config"])
         .arg(&config)
         .output()
@@ -100,7 +83,7 @@ fn init_run_write_kill_restart() {
         "a second init must refuse to overwrite the data"
     );
 
-    let (mut child, url) = start(&bin, &config);
+    let (mut child, url) = start(bin, &config);
     let admin = "cn=admin,ou=system,dc=pigeonair";
     let ldif = tmp.join("add.ldif");
     std::fs::write(
@@ -128,7 +111,7 @@ fn init_run_write_kill_restart() {
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
 
-    let (mut child, url) = start(&bin, &config);
+    let (mut child, url) = start(bin, &config);
     let search = ldap(&[
         "ldapsearch",
         "-x",
