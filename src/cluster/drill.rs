@@ -158,6 +158,20 @@ pub async fn run(
         other => return Err(format!("could not create the drill container: {other:?}")),
     }
 
+    // Readers start once every node has the container (replication is asynchronous
+    // to followers, and a read on a node that has not applied it yet is not a failure).
+    let replicated = Instant::now() + Duration::from_secs(10);
+    for (id, addr) in &nodes {
+        loop {
+            if let Ok(AdminReply::Counted(_)) = call(&dialer, addr, &AdminRequest::Count(container.clone())).await {
+                break;
+            }
+            if Instant::now() > replicated {
+                return Err(format!("node {id} did not receive the drill's first write in time"));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
     let stop = Arc::new(AtomicBool::new(false));
     let acks: Arc<Mutex<Vec<Instant>>> = Arc::new(Mutex::new(Vec::new()));
     let acked_dns: Arc<Mutex<Vec<String>>> = Arc::new(Mutex::new(Vec::new()));
@@ -189,8 +203,7 @@ pub async fn run(
                         meta: WriteMeta::now(&actor),
                     };
                     match call(&dialer, &addr, &AdminRequest::Write(cmd)).await {
-                        Ok(AdminReply::Written(Ok(())))
-                        | Ok(AdminReply::Written(Err(crate::directory::DirError::AlreadyExists))) =>
+                        Ok(AdminReply::Written(Ok(()))) =>
                         {
                             acks.lock().map(|mut a| a.push(Instant::now())).ok();
                             acked_dns.lock().map(|mut a| a.push(dn)).ok();

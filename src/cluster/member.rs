@@ -336,12 +336,13 @@ impl Cluster {
         let deadline = Instant::now() + self.write_timeout;
         let mut delay = Duration::from_millis(20);
         let unavailable = || DirError::Unavailable("no leader could take the write in time".into());
+        // One id for every attempt: the log applies a retried write at most once.
+        let request = ClusterRequest::Directory { id: uuid::Uuid::new_v4().to_string(), cmd };
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             let proposed = match tokio::time::timeout(
                 left,
-                self.raft
-                    .client_write(ClusterRequest::Directory(cmd.clone())),
+                self.raft.client_write(request.clone()),
             )
             .await
             {
@@ -354,7 +355,6 @@ impl Cluster {
                 Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
                     if let Some(node) = f.leader_node {
                         let left = deadline.saturating_duration_since(Instant::now());
-                        let request = ClusterRequest::Directory(cmd.clone());
                         let forwarded =
                             self.dialer
                                 .call::<_, WriteReply>(&node.addr, Service::Write, &request);

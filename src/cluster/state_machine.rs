@@ -274,9 +274,9 @@ fn apply_entry(shared: &Shared, entry: &Entry) -> Result<ClusterResponse, StErr>
         EntryPayload::Blank => shared
             .dir
             .apply_with_meta(None, &[(META_APPLIED, &applied)]),
-        EntryPayload::Normal(ClusterRequest::Directory(cmd)) => shared
+        EntryPayload::Normal(ClusterRequest::Directory { id, cmd }) => shared
             .dir
-            .apply_with_meta(Some(cmd), &[(META_APPLIED, &applied)]),
+            .apply_request(id, log_id.index, cmd, &[(META_APPLIED, &applied)]),
         EntryPayload::Membership(m) => {
             let stored = Membership::new(Some(log_id), m.clone());
             let membership = encode(&stored).map_err(apply_err)?;
@@ -445,7 +445,7 @@ mod tests {
     fn normal(term: u64, index: u64, cmd: DirectoryCommand) -> Entry {
         Entry {
             log_id: log_id(term, index),
-            payload: EntryPayload::Normal(ClusterRequest::Directory(cmd)),
+            payload: EntryPayload::Normal(ClusterRequest::Directory { id: format!("test-{index}"), cmd }),
         }
     }
 

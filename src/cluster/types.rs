@@ -25,8 +25,14 @@ impl std::fmt::Display for ClusterNode {
 /// A replicated request: one entry of the Raft log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ClusterRequest {
-    /// A directory change.
-    Directory(DirectoryCommand),
+    /// A directory change, with the id its writer gave it: a retried write (after a
+    /// lost answer) carries the same id and is applied at most once.
+    Directory {
+        /// Unique per logical write.
+        id: String,
+        /// The change.
+        cmd: DirectoryCommand,
+    },
 }
 
 /// The outcome of applying one entry: the directory's own result, decided the same way

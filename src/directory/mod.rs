@@ -226,6 +226,9 @@ pub struct DirectorySettings {
     pub cache_bytes: usize,
 }
 
+/// How many recent request ids the directory remembers to apply retried writes once.
+pub const REQUEST_MEMORY: u64 = 8192;
+
 /// Operational attributes computed when read, not stored.
 pub const VIRTUAL_ATTRS: &[&str] = &["entryDN", "hasSubordinates", "subschemaSubentry"];
 /// The DN of the subschema subentry.
@@ -342,6 +345,53 @@ impl Directory {
             drop(w);
             w = self.store.write()?;
         }
+        for (k, v) in meta {
+            w.set_meta(k, v)?;
+        }
+        w.commit()?;
+        Ok(out)
+    }
+
+    /// Apply a command identified by `request_id` at most once: when the id was seen
+    /// among the last [`REQUEST_MEMORY`] requests, its recorded outcome is returned and
+    /// nothing is applied again. `position` (the log index) picks the slot of the ring
+    /// that forgets old ids, so every replica forgets the same ones. The outcome, the
+    /// ring and `meta` are written in the same durable transaction as the change.
+    pub fn apply_request(
+        &self,
+        request_id: &str,
+        position: u64,
+        cmd: &DirectoryCommand,
+        meta: &[(&str, &[u8])],
+    ) -> Result<Result<(), DirError>, StoreError> {
+        let record = format!("req/{request_id}");
+        let config = bincode::config::standard();
+        let mut w = self.store.write()?;
+        if let Some(raw) = w.meta(&record)? {
+            let outcome: Result<(), DirError> = bincode::serde::decode_from_slice(&raw, config)
+                .map(|(o, _)| o)
+                .map_err(|e| StoreError(format!("corrupt request record: {e}")))?;
+            for (k, v) in meta {
+                w.set_meta(k, v)?;
+            }
+            w.commit()?;
+            return Ok(outcome);
+        }
+        let out = self.apply_in(&mut w, cmd);
+        if let Err(DirError::Store(e)) = out {
+            return Err(e);
+        }
+        if out.is_err() {
+            drop(w);
+            w = self.store.write()?;
+        }
+        let slot = format!("reqring/{}", position % REQUEST_MEMORY);
+        if let Some(old) = w.meta(&slot)? {
+            w.remove_meta(&format!("req/{}", String::from_utf8_lossy(&old)))?;
+        }
+        w.set_meta(&slot, request_id.as_bytes())?;
+        let encoded = bincode::serde::encode_to_vec(&out, config).map_err(|e| StoreError(e.to_string()))?;
+        w.set_meta(&record, &encoded)?;
         for (k, v) in meta {
             w.set_meta(k, v)?;
         }
