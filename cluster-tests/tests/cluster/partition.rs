@@ -121,7 +121,7 @@ impl Net {
         let path = self.dir.join(format!("n{i}.toml"));
         if !path.exists() {
             let text = format!(
-                "[node]\nname = \"n{i}\"\ndata_dir = \"{}\"\n\n[ldap]\nlisten = [\"{ip}:3389\"]\n\n[cluster]\nlisten = \"{ip}:7400\"\nwrite_timeout_ms = 2000\n",
+                "[node]\nname = \"n{i}\"\ndata_dir = \"{}\"\n\n[ldap]\nlisten = [\"{ip}:3389\"]\nrequire_tls_for_bind = false\n\n[cluster]\nlisten = \"{ip}:7400\"\nwrite_timeout_ms = 2000\n",
                 self.dir.join(format!("data{i}")).display(),
                 ip = Net::ip(i)
             );
