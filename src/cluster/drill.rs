@@ -163,11 +163,15 @@ pub async fn run(
     let replicated = Instant::now() + Duration::from_secs(10);
     for (id, addr) in &nodes {
         loop {
-            if let Ok(AdminReply::Counted(_)) = call(&dialer, addr, &AdminRequest::Count(container.clone())).await {
+            if let Ok(AdminReply::Counted(_)) =
+                call(&dialer, addr, &AdminRequest::Count(container.clone())).await
+            {
                 break;
             }
             if Instant::now() > replicated {
-                return Err(format!("node {id} did not receive the drill's first write in time"));
+                return Err(format!(
+                    "node {id} did not receive the drill's first write in time"
+                ));
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
@@ -203,8 +207,7 @@ pub async fn run(
                         meta: WriteMeta::now(&actor),
                     };
                     match call(&dialer, &addr, &AdminRequest::Write(cmd)).await {
-                        Ok(AdminReply::Written(Ok(()))) =>
-                        {
+                        Ok(AdminReply::Written(Ok(()))) => {
                             acks.lock().map(|mut a| a.push(Instant::now())).ok();
                             acked_dns.lock().map(|mut a| a.push(dn)).ok();
                             n += 1;

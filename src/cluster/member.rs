@@ -337,19 +337,18 @@ impl Cluster {
         let mut delay = Duration::from_millis(20);
         let unavailable = || DirError::Unavailable("no leader could take the write in time".into());
         // One id for every attempt: the log applies a retried write at most once.
-        let request = ClusterRequest::Directory { id: uuid::Uuid::new_v4().to_string(), cmd };
+        let request = ClusterRequest::Directory {
+            id: uuid::Uuid::new_v4().to_string(),
+            cmd,
+        };
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            let proposed = match tokio::time::timeout(
-                left,
-                self.raft.client_write(request.clone()),
-            )
-            .await
-            {
-                Ok(r) => r,
-                // Proposed here but not committed in time: this node lost its majority.
-                Err(_) => return Err(unavailable()),
-            };
+            let proposed =
+                match tokio::time::timeout(left, self.raft.client_write(request.clone())).await {
+                    Ok(r) => r,
+                    // Proposed here but not committed in time: this node lost its majority.
+                    Err(_) => return Err(unavailable()),
+                };
             match proposed {
                 Ok(resp) => return resp.data.0,
                 Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {

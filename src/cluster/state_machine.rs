@@ -270,22 +270,23 @@ fn apply_entry(shared: &Shared, entry: &Entry) -> Result<ClusterResponse, StErr>
     let log_id = entry.log_id;
     let apply_err = |e: AnyError| -> StErr { StorageIOError::apply(log_id, e).into() };
     let applied = encode(&log_id).map_err(apply_err)?;
-    let result = match &entry.payload {
-        EntryPayload::Blank => shared
-            .dir
-            .apply_with_meta(None, &[(META_APPLIED, &applied)]),
-        EntryPayload::Normal(ClusterRequest::Directory { id, cmd }) => shared
-            .dir
-            .apply_request(id, log_id.index, cmd, &[(META_APPLIED, &applied)]),
-        EntryPayload::Membership(m) => {
-            let stored = Membership::new(Some(log_id), m.clone());
-            let membership = encode(&stored).map_err(apply_err)?;
-            shared.dir.apply_with_meta(
-                None,
-                &[(META_APPLIED, &applied), (META_MEMBERSHIP, &membership)],
-            )
-        }
-    };
+    let result =
+        match &entry.payload {
+            EntryPayload::Blank => shared
+                .dir
+                .apply_with_meta(None, &[(META_APPLIED, &applied)]),
+            EntryPayload::Normal(ClusterRequest::Directory { id, cmd }) => shared
+                .dir
+                .apply_request(id, log_id.index, cmd, &[(META_APPLIED, &applied)]),
+            EntryPayload::Membership(m) => {
+                let stored = Membership::new(Some(log_id), m.clone());
+                let membership = encode(&stored).map_err(apply_err)?;
+                shared.dir.apply_with_meta(
+                    None,
+                    &[(META_APPLIED, &applied), (META_MEMBERSHIP, &membership)],
+                )
+            }
+        };
     // A storage failure stops applying: openraft shuts the node down rather than skip.
     let inner = result.map_err(|e| apply_err(AnyError::new(&e)))?;
     shared.set_applied(log_id.index);
@@ -445,7 +446,10 @@ mod tests {
     fn normal(term: u64, index: u64, cmd: DirectoryCommand) -> Entry {
         Entry {
             log_id: log_id(term, index),
-            payload: EntryPayload::Normal(ClusterRequest::Directory { id: format!("test-{index}"), cmd }),
+            payload: EntryPayload::Normal(ClusterRequest::Directory {
+                id: format!("test-{index}"),
+                cmd,
+            }),
         }
     }
 

@@ -390,7 +390,8 @@ impl Directory {
             w.remove_meta(&format!("req/{}", String::from_utf8_lossy(&old)))?;
         }
         w.set_meta(&slot, request_id.as_bytes())?;
-        let encoded = bincode::serde::encode_to_vec(&out, config).map_err(|e| StoreError(e.to_string()))?;
+        let encoded =
+            bincode::serde::encode_to_vec(&out, config).map_err(|e| StoreError(e.to_string()))?;
         w.set_meta(&record, &encoded)?;
         for (k, v) in meta {
             w.set_meta(k, v)?;

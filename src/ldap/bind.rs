@@ -34,14 +34,29 @@ pub async fn handle(
             .await;
         return Identity::default();
     }
-    let password = match req.authentication {
-        AuthenticationChoice::Simple(pw) => pw.to_vec(),
+    let (name, password) = match req.authentication {
+        AuthenticationChoice::Simple(pw) => (req.name.0, pw.to_vec()),
+        AuthenticationChoice::Sasl(creds) if creds.mechanism.0.eq_ignore_ascii_case("PLAIN") => {
+            match plain_identity(ctx, creds.credentials.as_deref().unwrap_or_default()).await {
+                Some((dn, pw)) => (dn, pw),
+                None => {
+                    crate::metrics::inc(&crate::metrics::LDAP_BINDS_FAILED);
+                    reply
+                        .send(
+                            response(ResultCode::InvalidCredentials, "invalid credentials"),
+                            None,
+                        )
+                        .await;
+                    return Identity::default();
+                }
+            }
+        }
         _ => {
             reply
                 .send(
                     response(
                         ResultCode::AuthMethodNotSupported,
-                        "SASL mechanisms are not supported yet",
+                        "supported SASL mechanisms: PLAIN",
                     ),
                     None,
                 )
@@ -49,7 +64,6 @@ pub async fn handle(
             return Identity::default();
         }
     };
-    let name = req.name.0;
     if name.is_empty() && password.is_empty() {
         reply.send(response(ResultCode::Success, ""), None).await;
         return Identity::default();
@@ -141,4 +155,68 @@ pub async fn verify(ctx: &LdapContext, name: &str, password: Vec<u8>) -> Option<
     .await
     .ok()
     .flatten()
+}
+
+/// SASL PLAIN (RFC 4616): `[authzid] NUL authcid NUL password`. The authentication id is
+/// a DN (`dn:` prefix optional) or a user name (`u:` prefix optional) matched against
+/// `mail` and then `uid`, which must name exactly one entry. An authorization id other
+/// than the authenticated identity (proxy authorization) is refused. Returns the DN and
+/// the password to check.
+async fn plain_identity(ctx: &LdapContext, message: &[u8]) -> Option<(String, Vec<u8>)> {
+    let mut parts = message.split(|&b| b == 0);
+    let (authzid, authcid, password) = (parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some() || authcid.is_empty() || password.is_empty() {
+        return None;
+    }
+    let authcid = std::str::from_utf8(authcid).ok()?.to_string();
+    let authzid = std::str::from_utf8(authzid).ok()?.to_string();
+    let dir = ctx.dir.clone();
+    let dn = tokio::task::spawn_blocking(move || -> Option<String> {
+        let id = authcid.strip_prefix("u:").unwrap_or(&authcid);
+        if let Some(dn) = authcid.strip_prefix("dn:").map(str::to_string).or_else(|| {
+            Dn::parse(&authcid)
+                .ok()
+                .filter(|d| !d.is_root() && authcid.contains('='))
+                .map(|_| authcid.clone())
+        }) {
+            return Some(dn);
+        }
+        let view = dir.view().ok()?;
+        let base = dir.suffix().to_string();
+        for attr in ["mail", "uid"] {
+            let filter =
+                crate::directory::filter::Filter::Equality(attr.into(), id.as_bytes().to_vec());
+            let mut found = Vec::new();
+            let req = crate::directory::SearchRequest {
+                base: &base,
+                scope: crate::directory::Scope::Subtree,
+                filter: &filter,
+                size_limit: 2,
+                deadline: None,
+                view: None,
+            };
+            let _ = view.search(&req, |_, e| {
+                found.push(e.dn);
+                true
+            });
+            match found.len() {
+                1 => return found.pop(),
+                0 => continue,
+                _ => return None,
+            }
+        }
+        None
+    })
+    .await
+    .ok()??;
+    let same = authzid.is_empty()
+        || authzid
+            .strip_prefix("dn:")
+            .is_some_and(|z| z.eq_ignore_ascii_case(&dn))
+        || authzid
+            == format!(
+                "u:{}",
+                String::from_utf8_lossy(message.split(|&b| b == 0).nth(1).unwrap_or_default())
+            );
+    same.then(|| (dn, password.to_vec()))
 }

@@ -109,3 +109,53 @@ fn simple_bind_needs_tls_when_configured() {
         String::from_utf8_lossy(&secured.stderr)
     );
 }
+
+#[test]
+fn sasl_plain_over_start_tls_by_mail_or_uid() {
+    let node = Node::start();
+    let cert = node.data_dir().join("tls/ldap-cert.pem");
+    let alice = node.alice().clone();
+    for user in ["alice@example.org", "alice", &format!("dn:{}", alice.dn)] {
+        let out = Command::new("ldapwhoami")
+            .args(["-H", &node.url, "-ZZ", "-Y", "PLAIN", "-U", user, "-w", &alice.password])
+            .env("LDAPTLS_CACERT", &cert)
+            .output()
+            .expect("ldapwhoami not runnable: install ldap-utils and libsasl2-modules (.ci/install-deps does)");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "SASL PLAIN as {user}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            text.contains(&format!("dn:{}", alice.dn)),
+            "bound as alice: {text}"
+        );
+    }
+    let out = Command::new("ldapwhoami")
+        .args([
+            "-H", &node.url, "-ZZ", "-Y", "PLAIN", "-U", "alice", "-w", "wrong",
+        ])
+        .env("LDAPTLS_CACERT", &cert)
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Invalid credentials (49)"),
+        "{out:?}"
+    );
+    let root = ldapsearch(
+        Some(&cert),
+        &[
+            "-x",
+            "-LLL",
+            "-H",
+            &node.url,
+            "-b",
+            "",
+            "-s",
+            "base",
+            "supportedSASLMechanisms",
+        ],
+    );
+    assert!(String::from_utf8_lossy(&root.stdout).contains("supportedSASLMechanisms: PLAIN"));
+}
