@@ -347,8 +347,7 @@ fn search_benches(c: &mut Criterion) {
             filter: &filter,
             size_limit: 0,
             deadline: None,
-            hidden: &[],
-            viewer_key: "",
+            view: None,
         };
         let count = || {
             let mut found = 0usize;
