@@ -10,6 +10,7 @@ mod durability;
 mod ldap_tools;
 mod ldif_cli;
 mod limits;
+mod mail_interop;
 mod python_client;
 mod rust_client;
 mod tls;
