@@ -207,9 +207,23 @@ impl IndexSet {
                 if grams.is_empty() {
                     return Ok(None);
                 }
-                let mut acc: Option<Vec<u64>> = None;
+                // Read the rarest grams first and stop once few candidates are left:
+                // every candidate is checked against the filter anyway, and a gram that
+                // occurs in most entries costs a long read for little narrowing.
+                let mut sized = Vec::with_capacity(grams.len());
                 for g in grams {
-                    let ids = r.index_get(&key(&lc, b'~', g.as_bytes()))?;
+                    let k = key(&lc, b'~', g.as_bytes());
+                    sized.push((r.index_len(&k)?, k));
+                }
+                sized.sort();
+                let mut acc: Option<Vec<u64>> = None;
+                for (len, k) in sized {
+                    if let Some(prev) = &acc {
+                        if prev.len() <= 64 || len > 16 * prev.len() as u64 {
+                            break;
+                        }
+                    }
+                    let ids = r.index_get(&k)?;
                     acc = Some(match acc {
                         None => ids,
                         Some(prev) => intersect(&prev, &ids),

@@ -149,6 +149,8 @@ pub trait Reader {
     fn has_children(&self, key: &str) -> Result<bool, StoreError>;
     /// The ids stored under an index key, ascending.
     fn index_get(&self, key: &[u8]) -> Result<Vec<u64>, StoreError>;
+    /// How many ids are stored under an index key (without reading them).
+    fn index_len(&self, key: &[u8]) -> Result<u64, StoreError>;
     /// A metadata value.
     fn meta(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError>;
 }
@@ -200,6 +202,9 @@ impl Reader for ReadView {
         }
         Ok(out)
     }
+    fn index_len(&self, key: &[u8]) -> Result<u64, StoreError> {
+        Ok(self.index.get(key)?.len())
+    }
     fn meta(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self.meta.get(name)?.map(|v| v.value().to_vec()))
     }
@@ -238,6 +243,11 @@ impl Reader for WriteBatch {
             out.push(v?.value());
         }
         Ok(out)
+    }
+    fn index_len(&self, key: &[u8]) -> Result<u64, StoreError> {
+        let t = self.txn.open_multimap_table(INDEX)?;
+        let n = t.get(key)?.len();
+        Ok(n)
     }
     fn meta(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
         let t = self.txn.open_table(META)?;

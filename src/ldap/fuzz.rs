@@ -107,15 +107,27 @@ mod tests {
             filter,
             vec!["*".into(), "+".into()],
         );
-        rasn::ber::encode(&LdapMessage::new(1, ProtocolOp::SearchRequest(req))).unwrap()
+        // Bound as the administrator, so the access rules show the demo accounts.
+        let bind = rasn_ldap::BindRequest::new(
+            3,
+            "cn=admin,ou=system,dc=pigeonair".into(),
+            rasn_ldap::AuthenticationChoice::Simple(b"fuzz".to_vec().into()),
+        );
+        let mut pdus =
+            rasn::ber::encode(&LdapMessage::new(1, ProtocolOp::BindRequest(bind))).unwrap();
+        pdus.extend(
+            rasn::ber::encode(&LdapMessage::new(2, ProtocolOp::SearchRequest(req))).unwrap(),
+        );
+        pdus
     }
 
     #[test]
     fn a_valid_search_answers() {
         let out = session_bytes(&search_pdu());
+        let text = String::from_utf8_lossy(&out);
         assert!(
-            out.len() > 100,
-            "the search returned entries and a done message"
+            text.contains("uid=alice,ou=people") && out.len() > 300,
+            "the search returned alice and a done message: {text}"
         );
     }
 
