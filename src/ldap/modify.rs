@@ -18,26 +18,29 @@ fn op_of(op: ChangeOperation) -> ChangeOp {
     }
 }
 
+/// One change of a request, with clear-text passwords hashed on the way in.
+fn change_of(op: ChangeOp, modification: rasn_ldap::PartialAttribute) -> Change {
+    let mut values: Vec<Vec<u8>> = modification
+        .vals
+        .into_vec()
+        .into_iter()
+        .map(|v| v.to_vec())
+        .collect();
+    if matches!(op, ChangeOp::Add | ChangeOp::Replace) {
+        hash_clear_passwords(&modification.r#type, &mut values);
+    }
+    Change {
+        op,
+        attr: modification.r#type.0,
+        values,
+    }
+}
+
 /// Handle a modify request.
 pub async fn handle(ctx: &LdapContext, who: &Identity, reply: &Reply, req: ModifyRequest) {
     let mut changes = Vec::with_capacity(req.changes.len());
     for c in req.changes {
-        let mut values: Vec<Vec<u8>> = c
-            .modification
-            .vals
-            .into_vec()
-            .into_iter()
-            .map(|v| v.to_vec())
-            .collect();
-        let op = op_of(c.operation);
-        if op != ChangeOp::Delete {
-            hash_clear_passwords(&c.modification.r#type, &mut values);
-        }
-        changes.push(Change {
-            op,
-            attr: c.modification.r#type.0,
-            values,
-        });
+        changes.push(change_of(op_of(c.operation), c.modification));
     }
     handle_changes(ctx, who, reply, req.object.0, changes).await;
 }
@@ -88,21 +91,7 @@ pub fn decode_with_increment(frame: &[u8]) -> Option<ModifyWithIncrement> {
             3 => ChangeOp::Increment,
             _ => return None,
         };
-        let mut values: Vec<Vec<u8>> = item
-            .modification
-            .vals
-            .into_vec()
-            .into_iter()
-            .map(|v| v.to_vec())
-            .collect();
-        if matches!(op, ChangeOp::Add | ChangeOp::Replace) {
-            hash_clear_passwords(&item.modification.r#type, &mut values);
-        }
-        changes.push(Change {
-            op,
-            attr: item.modification.r#type.0,
-            values,
-        });
+        changes.push(change_of(op, item.modification));
     }
     Some((
         msg.message_id,

@@ -209,22 +209,6 @@ fn parse_status(text: &str) -> Option<Vec<NodeView>> {
     )
 }
 
-fn binary() -> PathBuf {
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
-    let status = Command::new(env!("CARGO"))
-        .args(["build", "-q", "--bin", "pigeonair", "--manifest-path"])
-        .arg(&manifest)
-        .status()
-        .expect("cargo build");
-    assert!(status.success(), "building pigeonair failed");
-    std::env::current_exe()
-        .unwrap()
-        .ancestors()
-        .nth(2)
-        .unwrap()
-        .join("pigeonair")
-}
-
 fn poll<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + limit;
     loop {
@@ -242,7 +226,7 @@ fn ldif_for(cn: &str) -> String {
 
 #[test]
 fn leader_cut_off_majority_goes_on_and_heals() {
-    let bin = binary();
+    let bin = crate::harness::binary().to_path_buf();
     let mut net = Net::new(3);
     let bin_s = bin.to_str().unwrap().to_string();
     let c1 = net.config(1);
