@@ -6,3 +6,4 @@ pub mod ldap;
 pub mod ldif;
 pub mod metrics;
 pub mod node;
+pub mod settings;

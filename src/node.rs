@@ -31,6 +31,36 @@ pub fn open_directory(config: &Config) -> Result<Directory, String> {
     Directory::open(&config.node.data_dir, schema, &settings)
 }
 
+/// Apply the cluster-wide settings whenever the replica changes them.
+async fn follow_settings(
+    ctx: Arc<LdapContext>,
+    cluster: Arc<Cluster>,
+    mut last: crate::settings::ClusterSettings,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut applied = cluster.state_machine().subscribe_applied();
+    loop {
+        tokio::select! {
+            changed = applied.changed() => if changed.is_err() { return },
+            _ = shutdown.changed() => return,
+        }
+        let dir = cluster.state_machine().directory().clone();
+        let Ok(now) =
+            tokio::task::spawn_blocking(move || crate::settings::ClusterSettings::read(&dir)).await
+        else {
+            continue;
+        };
+        if now != last {
+            if now.indexes != last.indexes {
+                tracing::info!("the cluster's index settings changed; this node applies them at its next start");
+            }
+            ctx.apply_settings(&now);
+            tracing::info!("cluster settings applied");
+            last = now;
+        }
+    }
+}
+
 /// The TLS acceptor for LDAPS and StartTLS, when a certificate is configured.
 pub fn ldap_tls_acceptor(config: &Config) -> Result<Option<tokio_rustls::TlsAcceptor>, String> {
     use rustls::pki_types::pem::PemObject;
@@ -104,7 +134,14 @@ impl Node {
         config: &Config,
         new: Option<&NewCluster>,
     ) -> Result<(Node, Vec<DemoAccount>), String> {
-        let directory = Arc::new(open_directory(config)?);
+        let mut directory = open_directory(config)?;
+        let settings = crate::settings::ClusterSettings::read(&directory);
+        if let Some(indexes) = &settings.indexes {
+            directory
+                .use_indexes(indexes)
+                .map_err(|e| format!("the cluster's index settings: {e}"))?;
+        }
+        let directory = Arc::new(directory);
         let (cluster, accounts) = match new {
             Some(n) => create_cluster(config, directory.clone(), n, true).await?,
             None => (
@@ -119,6 +156,13 @@ impl Node {
             config.ldap.clone(),
             &[config.admin_dn()],
         )?);
+        ctx.apply_settings(&settings);
+        tokio::spawn(follow_settings(
+            ctx.clone(),
+            cluster.clone(),
+            settings,
+            rx.clone(),
+        ));
         let acceptor = ldap_tls_acceptor(config)?;
         let mut ldap_addrs = Vec::new();
         let mut ldaps_addrs = Vec::new();

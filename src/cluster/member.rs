@@ -630,21 +630,8 @@ impl Cluster {
 
     /// The cluster-wide voter target (`voterTarget=` in `cn=cluster,ou=system`).
     pub fn voter_target(&self) -> usize {
-        let dn = format!("cn=cluster,ou=system,{}", self.suffix);
-        self.sm
-            .directory()
-            .view()
-            .ok()
-            .and_then(|v| v.find(&dn).ok().flatten())
-            .and_then(|e| {
-                e.get("pigeonairSetting")?.values.iter().find_map(|v| {
-                    std::str::from_utf8(v)
-                        .ok()?
-                        .strip_prefix("voterTarget=")?
-                        .parse()
-                        .ok()
-                })
-            })
+        crate::settings::ClusterSettings::read(self.sm.directory())
+            .voter_target
             .unwrap_or(DEFAULT_VOTER_TARGET)
             .clamp(1, 5)
     }

@@ -292,6 +292,17 @@ impl Directory {
         Ok(())
     }
 
+    /// Use another index configuration (the cluster-wide one), rebuilding the indexes
+    /// when it differs. Called at start, before the directory is shared.
+    pub fn use_indexes(&mut self, spec: &BTreeMap<String, String>) -> Result<(), String> {
+        let set = IndexSet::from_config(&self.schema, spec)?;
+        if set != self.indexes {
+            self.indexes = set;
+            self.ensure_indexes().map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+
     /// The schema.
     pub fn schema(&self) -> &Arc<Schema> {
         &self.schema

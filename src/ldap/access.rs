@@ -23,8 +23,8 @@ pub fn requester(ctx: &LdapContext, who: &Identity) -> Requester {
 /// What one request needs to ask access questions: the rules, the requester, and
 /// group/domain lookups in a snapshot of the replica.
 pub struct Checker<'d> {
-    /// The rules.
-    pub acl: &'d Acl,
+    /// The settings in force (the rules among them).
+    live: std::sync::Arc<super::Live>,
     /// Who asks.
     pub who: Requester,
     dir: &'d Directory,
@@ -39,7 +39,7 @@ impl<'d> Checker<'d> {
         who: &Identity,
     ) -> Result<Checker<'d>, DirError> {
         Ok(Checker {
-            acl: &ctx.acl,
+            live: ctx.live(),
             who: requester(ctx, who),
             dir,
             lookups: dir.view()?,
@@ -50,7 +50,7 @@ impl<'d> Checker<'d> {
     pub fn with<R>(&self, f: impl FnOnce(&Acl, &Requester, &dyn AclContext) -> R) -> R {
         let lookup = |dn: &str| self.lookups.find(dn).ok().flatten();
         let actx = LookupContext::new(self.dir.schema(), &lookup);
-        f(self.acl, &self.who, &actx)
+        f(&self.live.acl, &self.who, &actx)
     }
 
     /// The answer for a missing or invisible entry: noSuchObject, matchedDN the nearest

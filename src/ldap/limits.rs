@@ -21,7 +21,7 @@ struct Failures {
 /// Tracks failed binds.
 #[derive(Debug)]
 pub struct BindThrottle {
-    max_delay: Duration,
+    max_delay_ms: std::sync::atomic::AtomicU64,
     by_dn: Mutex<HashMap<String, Failures>>,
     by_addr: Mutex<HashMap<IpAddr, Failures>>,
 }
@@ -38,10 +38,18 @@ impl BindThrottle {
     /// A throttle whose delay never exceeds `max_delay`.
     pub fn new(max_delay: Duration) -> BindThrottle {
         BindThrottle {
-            max_delay,
+            max_delay_ms: std::sync::atomic::AtomicU64::new(max_delay.as_millis() as u64),
             by_dn: Mutex::new(HashMap::new()),
             by_addr: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Change the longest delay.
+    pub fn set_max_delay(&self, max_delay: Duration) {
+        self.max_delay_ms.store(
+            max_delay.as_millis() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
     }
 
     fn count<K: std::hash::Hash + Eq>(map: &Mutex<HashMap<K, Failures>>, key: &K) -> u32 {
@@ -56,7 +64,10 @@ impl BindThrottle {
     pub fn delay(&self, dn_key: &str, addr: IpAddr) -> Duration {
         let n =
             Self::count(&self.by_dn, &dn_key.to_string()).max(Self::count(&self.by_addr, &addr));
-        delay_for(n, self.max_delay)
+        delay_for(
+            n,
+            Duration::from_millis(self.max_delay_ms.load(std::sync::atomic::Ordering::Relaxed)),
+        )
     }
 
     fn bump<K: std::hash::Hash + Eq>(map: &Mutex<HashMap<K, Failures>>, key: K) {

@@ -69,8 +69,8 @@ pub struct LdapContext {
     pub throttle: limits::BindThrottle,
     /// Connections per client address.
     pub address_slots: Arc<limits::AddressSlots>,
-    /// The access rules.
-    pub acl: crate::directory::acl::Acl,
+    /// Settings that cluster-wide settings may change while the node runs.
+    live: std::sync::RwLock<Arc<Live>>,
     /// Normalised keys of the read-only service identities (Dovecot, Postfix).
     pub service_keys: Vec<String>,
 }
@@ -105,6 +105,7 @@ impl LdapContext {
         };
         let suffix = dir.suffix().to_string();
         let acl = crate::directory::acl::Acl::defaults(dir.schema(), &suffix, &options);
+        let live = std::sync::RwLock::new(Arc::new(Live::from_config(&config, acl)));
         Ok(LdapContext {
             dir,
             config,
@@ -112,9 +113,51 @@ impl LdapContext {
             writes,
             throttle,
             address_slots: Arc::new(limits::AddressSlots::default()),
-            acl,
+            live,
             service_keys,
         })
+    }
+
+    /// The settings in force now.
+    pub fn live(&self) -> Arc<Live> {
+        self.live.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Apply cluster-wide settings over this node's configuration. Access rules that do
+    /// not parse are logged and the rules in force are kept.
+    pub fn apply_settings(&self, s: &crate::settings::ClusterSettings) {
+        let current = self.live();
+        let acl = match &s.acl {
+            Some(text) => match crate::directory::acl::Acl::parse(self.dir.schema(), text) {
+                Ok(acl) => acl,
+                Err(e) => {
+                    tracing::error!(error = %e, "the cluster's access rules do not parse; keeping the rules in force");
+                    current.acl.clone()
+                }
+            },
+            None => {
+                let options = crate::directory::acl::AclOptions {
+                    service_reads_passwords: self.config.service_reads_passwords,
+                };
+                crate::directory::acl::Acl::defaults(
+                    self.dir.schema(),
+                    &self.dir.suffix().to_string(),
+                    &options,
+                )
+            }
+        };
+        let mut live = Live::from_config(&self.config, acl);
+        live.size_limit = s.size_limit.unwrap_or(live.size_limit);
+        live.time_limit_secs = s.time_limit_secs.unwrap_or(live.time_limit_secs);
+        live.max_connections_per_address = s
+            .max_connections_per_address
+            .unwrap_or(live.max_connections_per_address);
+        live.idle_timeout_secs = s.idle_timeout_secs.unwrap_or(live.idle_timeout_secs);
+        self.throttle
+            .set_max_delay(std::time::Duration::from_millis(
+                s.bind_delay_max_ms.unwrap_or(self.config.bind_delay_max_ms),
+            ));
+        *self.live.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(live);
     }
 
     /// Apply a write through the node's write path: durable when this returns `Ok`.
@@ -135,6 +178,33 @@ pub enum ListenerTls {
     Plain(Option<tokio_rustls::TlsAcceptor>),
     /// LDAPS: TLS from the first byte.
     Implicit(tokio_rustls::TlsAcceptor),
+}
+
+/// Settings that may change while the node runs.
+#[derive(Debug, Clone)]
+pub struct Live {
+    /// The access rules.
+    pub acl: crate::directory::acl::Acl,
+    /// Search size limit for non-administrators (0: none).
+    pub size_limit: usize,
+    /// Search time limit in seconds (0: none).
+    pub time_limit_secs: u64,
+    /// Connections per client address.
+    pub max_connections_per_address: usize,
+    /// Idle timeout in seconds (0: never).
+    pub idle_timeout_secs: u64,
+}
+
+impl Live {
+    fn from_config(c: &LdapConfig, acl: crate::directory::acl::Acl) -> Live {
+        Live {
+            acl,
+            size_limit: c.size_limit,
+            time_limit_secs: c.time_limit_secs,
+            max_connections_per_address: c.max_connections_per_address,
+            idle_timeout_secs: c.idle_timeout_secs,
+        }
+    }
 }
 
 /// Serve LDAP on a bound listener until `shutdown` turns true.
@@ -172,7 +242,7 @@ pub async fn serve(
         };
         let Some(address_slot) = ctx
             .address_slots
-            .take(peer.ip(), ctx.config.max_connections_per_address)
+            .take(peer.ip(), ctx.live().max_connections_per_address)
         else {
             tracing::warn!(%peer, "connection refused: too many connections from this address");
             crate::metrics::inc(&crate::metrics::LDAP_REFUSED_ADDRESS_CAP);

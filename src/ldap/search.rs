@@ -154,15 +154,13 @@ pub async fn handle(
         return;
     }
 
+    let live = ctx.live();
     let mut size_limit = req.size_limit as usize;
-    if !who.admin
-        && ctx.config.size_limit > 0
-        && (size_limit == 0 || size_limit > ctx.config.size_limit)
-    {
-        size_limit = ctx.config.size_limit;
+    if !who.admin && live.size_limit > 0 && (size_limit == 0 || size_limit > live.size_limit) {
+        size_limit = live.size_limit;
     }
     let mut time_limit = Duration::from_secs(req.time_limit as u64);
-    let server_limit = Duration::from_secs(ctx.config.time_limit_secs);
+    let server_limit = Duration::from_secs(live.time_limit_secs);
     if !server_limit.is_zero() && (time_limit.is_zero() || time_limit > server_limit) {
         time_limit = server_limit;
     }

@@ -285,7 +285,7 @@ where
                 }
             }
         }
-        let idle = ctx.config.idle_timeout_secs;
+        let idle = ctx.live().idle_timeout_secs;
         let idle_limit = async {
             if idle == 0 || !tasks.is_empty() {
                 std::future::pending::<()>().await

@@ -13,4 +13,5 @@ mod limits;
 mod mail_interop;
 mod python_client;
 mod rust_client;
+mod settings;
 mod tls;
