@@ -115,6 +115,9 @@ pub struct LdapConfig {
     pub service_dns: Vec<String>,
     /// Service identities may also read `userPassword` (for password lookups).
     pub service_reads_passwords: bool,
+    /// The scheme name service identities see on argon2id hashes (Dovecot's `ARGON2ID`;
+    /// empty string: OpenLDAP's `ARGON2` as stored).
+    pub service_argon2_prefix: Option<String>,
     /// LDAPS listeners (TLS from the first byte).
     pub listen_tls: Vec<SocketAddr>,
     /// The server certificate chain (PEM); enables LDAPS and StartTLS.
@@ -190,6 +193,7 @@ impl Default for LdapConfig {
             bind_delay_max_ms: 2000,
             service_dns: Vec::new(),
             service_reads_passwords: false,
+            service_argon2_prefix: Some("ARGON2ID".into()),
             listen_tls: Vec::new(),
             tls_cert: None,
             tls_key: None,

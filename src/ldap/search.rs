@@ -98,6 +98,34 @@ pub fn render(schema: &Schema, e: &StoredEntry, sel: &Selection) -> SearchResult
     SearchResultEntry::new(e.dn.as_str().into(), attrs)
 }
 
+/// What a service identity reads of an entry: argon2id password hashes carry the
+/// scheme name its software knows (`ldap.service_argon2_prefix`, Dovecot's `ARGON2ID`
+/// by default) instead of OpenLDAP's `{ARGON2}`; the hash itself is the same.
+fn for_service(
+    ctx: &LdapContext,
+    who: &crate::directory::acl::Requester,
+    mut e: StoredEntry,
+) -> StoredEntry {
+    let Some(prefix) = ctx
+        .config
+        .service_argon2_prefix
+        .as_deref()
+        .filter(|p| who.service && !p.is_empty())
+    else {
+        return e;
+    };
+    if let Some(pw) = e.get_mut("userPassword") {
+        for v in pw.values.iter_mut() {
+            if let Some(rest) = v.strip_prefix(b"{ARGON2}$argon2id$".as_slice()) {
+                let mut renamed = format!("{{{prefix}}}$argon2id$").into_bytes();
+                renamed.extend_from_slice(rest);
+                *v = renamed;
+            }
+        }
+    }
+    e
+}
+
 /// A paged search in progress: the ids still to send.
 pub struct PagedSearch {
     base: String,
@@ -199,9 +227,12 @@ pub async fn handle(
                     };
                     view.search(&req, |_, e| {
                         match acl.readable_entry(schema, req_who, &e, actx) {
-                            Some(readable) => r.send_blocking(ProtocolOp::SearchResEntry(render(
-                                schema, &readable, &sel,
-                            ))),
+                            Some(readable) => {
+                                let readable = for_service(&ctx2, req_who, readable);
+                                r.send_blocking(ProtocolOp::SearchResEntry(render(
+                                    schema, &readable, &sel,
+                                )))
+                            }
                             None => true,
                         }
                     })
@@ -361,6 +392,7 @@ async fn paged(
                     continue;
                 }
                 if let Some(readable) = acl.readable_entry(schema, req_who, &e, actx) {
+                    let readable = for_service(&ctx2, req_who, readable);
                     if !r.send_blocking(ProtocolOp::SearchResEntry(render(schema, &readable, &sel)))
                     {
                         return Ok(directory::SearchEnd::Stopped);

@@ -1,6 +1,7 @@
 //! The mail software operators run today, against a PigeonAir node: Postfix's LDAP
-//! tables (`postmap -q`) and Dovecot's LDAP passdb with `auth_bind = yes`
-//! (`doveadm auth test`). Both look up through a read-only service identity.
+//! tables (`postmap -q`) and Dovecot's LDAP passdb, both with `auth_bind = yes` and with
+//! password lookups (`doveadm auth test`). They look up through a read-only service
+//! identity.
 
 use std::process::{Command, Output, Stdio};
 
@@ -13,8 +14,8 @@ const SERVICE: &str = "cn=mailservice,ou=system,dc=pigeonair";
 const SERVICE_PW: &str = "service-secret";
 
 /// A node with a service identity and one domain with alice.
-fn mail_node() -> ConfiguredNode {
-    let node = start_configured(&format!("service_dns = [\"{SERVICE}\"]"));
+fn mail_node(extra: &str) -> ConfiguredNode {
+    let node = start_configured(&format!("service_dns = [\"{SERVICE}\"]\n{extra}"));
     let ldif = format!(
         "dn: {SERVICE}\nobjectClass: applicationProcess\nobjectClass: simpleSecurityObject\ncn: mailservice\nuserPassword: {SERVICE_PW}\n\n\
          dn: dc=example.org,ou=domains,dc=pigeonair\nobjectClass: domain\ndc: example.org\n\n\
@@ -37,7 +38,7 @@ fn tool(cmd: &str, args: &[&str]) -> Output {
 
 #[test]
 fn postfix_ldap_table_answers_the_mail_host() {
-    let node = mail_node();
+    let node = mail_node("");
     let dir = tempfile::tempdir().unwrap();
     let cf = dir.path().join("mailhost.cf");
     let host = node.url.trim_start_matches("ldap://");
@@ -69,9 +70,9 @@ fn postfix_ldap_table_answers_the_mail_host() {
     assert!(out.stdout.is_empty());
 }
 
-#[test]
-fn dovecot_passdb_with_auth_bind() {
-    let node = mail_node();
+/// Run dovecot with an LDAP passdb whose settings end with `passdb_settings`, and check
+/// `doveadm auth test` with alice's right and a wrong password.
+fn dovecot_auth_test(node: &ConfiguredNode, passdb_settings: &str) {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let host = node.url.trim_start_matches("ldap://");
@@ -79,8 +80,8 @@ fn dovecot_passdb_with_auth_bind() {
     std::fs::write(
         &ldap_conf,
         format!(
-            "uris = ldap://{host}\nldap_version = 3\ndn = {SERVICE}\ndnpass = {SERVICE_PW}\nauth_bind = yes\n\
-             base = ou=domains,dc=pigeonair\npass_filter = (mail=%u)\npass_attrs = mail=user\n"
+            "uris = ldap://{host}\nldap_version = 3\ndn = {SERVICE}\ndnpass = {SERVICE_PW}\n\
+             base = ou=domains,dc=pigeonair\npass_filter = (mail=%u)\n{passdb_settings}\n"
         ),
     )
     .unwrap();
@@ -158,5 +159,22 @@ fn dovecot_passdb_with_auth_bind() {
     assert!(
         String::from_utf8_lossy(&bad.stdout).contains("auth failed"),
         "{bad:?}"
+    );
+}
+
+#[test]
+fn dovecot_passdb_with_auth_bind() {
+    let node = mail_node("");
+    dovecot_auth_test(&node, "auth_bind = yes\npass_attrs = mail=user");
+}
+
+#[test]
+fn dovecot_passdb_with_password_lookups() {
+    // The service identity may read passwords; it sees argon2id hashes under the scheme
+    // name Dovecot knows.
+    let node = mail_node("service_reads_passwords = true");
+    dovecot_auth_test(
+        &node,
+        "auth_bind = no\npass_attrs = mail=user,userPassword=password",
     );
 }
