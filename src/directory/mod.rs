@@ -343,7 +343,20 @@ impl Directory {
         cmd: Option<&DirectoryCommand>,
         meta: &[(&str, &[u8])],
     ) -> Result<Result<(), DirError>, StoreError> {
-        let mut w = self.store.write()?;
+        let w = self.store.write()?;
+        self.apply_and_record(w, cmd, meta, |_, _| Ok(()))
+    }
+
+    /// Apply `cmd` (if any) in `w`; when it fails, discard its partial work in a fresh
+    /// batch. Then let `record` write what it must about the outcome, write `meta`, and
+    /// commit: the change, the record and the meta are durable together.
+    fn apply_and_record(
+        &self,
+        mut w: WriteBatch,
+        cmd: Option<&DirectoryCommand>,
+        meta: &[(&str, &[u8])],
+        record: impl FnOnce(&mut WriteBatch, &Result<(), DirError>) -> Result<(), StoreError>,
+    ) -> Result<Result<(), DirError>, StoreError> {
         let out = match cmd {
             Some(c) => self.apply_in(&mut w, c),
             None => Ok(()),
@@ -352,10 +365,10 @@ impl Directory {
             return Err(e);
         }
         if out.is_err() {
-            // Discard the failed command's partial work, keep only the meta.
             drop(w);
             w = self.store.write()?;
         }
+        record(&mut w, &out)?;
         for (k, v) in meta {
             w.set_meta(k, v)?;
         }
@@ -377,38 +390,25 @@ impl Directory {
     ) -> Result<Result<(), DirError>, StoreError> {
         let record = format!("req/{request_id}");
         let config = bincode::config::standard();
-        let mut w = self.store.write()?;
+        let w = self.store.write()?;
         if let Some(raw) = w.meta(&record)? {
             let outcome: Result<(), DirError> = bincode::serde::decode_from_slice(&raw, config)
                 .map(|(o, _)| o)
                 .map_err(|e| StoreError(format!("corrupt request record: {e}")))?;
-            for (k, v) in meta {
-                w.set_meta(k, v)?;
-            }
-            w.commit()?;
+            // Nothing is applied again; only the meta is written (its inner result is Ok).
+            let _ = self.apply_and_record(w, None, meta, |_, _| Ok(()))?;
             return Ok(outcome);
         }
-        let out = self.apply_in(&mut w, cmd);
-        if let Err(DirError::Store(e)) = out {
-            return Err(e);
-        }
-        if out.is_err() {
-            drop(w);
-            w = self.store.write()?;
-        }
-        let slot = format!("reqring/{}", position % REQUEST_MEMORY);
-        if let Some(old) = w.meta(&slot)? {
-            w.remove_meta(&format!("req/{}", String::from_utf8_lossy(&old)))?;
-        }
-        w.set_meta(&slot, request_id.as_bytes())?;
-        let encoded =
-            bincode::serde::encode_to_vec(&out, config).map_err(|e| StoreError(e.to_string()))?;
-        w.set_meta(&record, &encoded)?;
-        for (k, v) in meta {
-            w.set_meta(k, v)?;
-        }
-        w.commit()?;
-        Ok(out)
+        self.apply_and_record(w, Some(cmd), meta, |w, out| {
+            let slot = format!("reqring/{}", position % REQUEST_MEMORY);
+            if let Some(old) = w.meta(&slot)? {
+                w.remove_meta(&format!("req/{}", String::from_utf8_lossy(&old)))?;
+            }
+            w.set_meta(&slot, request_id.as_bytes())?;
+            let encoded = bincode::serde::encode_to_vec(out, config)
+                .map_err(|e| StoreError(e.to_string()))?;
+            w.set_meta(&record, &encoded)
+        })
     }
 
     /// Set a metadata flag durably.

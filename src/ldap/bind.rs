@@ -134,28 +134,25 @@ pub async fn verify(ctx: &LdapContext, name: &str, password: Vec<u8>) -> Option<
     // The rules must grant `auth` on the entry's password to an anonymous requester;
     // the cluster administrators may always authenticate, so no rule set can lock them
     // out.
-    let is_admin = Dn::parse(name)
+    let key = Dn::parse(name)
         .ok()
-        .and_then(|d| ctx.dir.schema().dn_key(&d).ok())
-        .is_some_and(|k| ctx.admin_keys.contains(&k));
-    if !is_admin {
+        .and_then(|d| ctx.dir.schema().dn_key(&d).ok())?;
+    let admin = ctx.admin_keys.contains(&key);
+    if !admin {
         let checker = super::access::Checker::new(ctx, &ctx.dir, &Identity::default()).ok()?;
         if !checker.may_bind_as(name) {
             return None;
         }
     }
     let dir = ctx.dir.clone();
-    let admin_keys = ctx.admin_keys.clone();
     let name = name.to_string();
     tokio::task::spawn_blocking(move || {
-        let dn = Dn::parse(&name).ok()?;
-        let key = dir.schema().dn_key(&dn).ok()?;
         let entry = dir.view().ok()?.find(&name).ok()??;
         let stored = entry.get("userPassword")?;
         let ok = stored.values.iter().any(|v| password::verify(&password, v));
         ok.then(|| Identity {
             dn: entry.dn.clone(),
-            admin: admin_keys.contains(&key),
+            admin,
             key,
         })
     })

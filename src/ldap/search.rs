@@ -267,6 +267,16 @@ async fn finish(
         .await;
 }
 
+/// The last, empty page of a paged search.
+async fn empty_page(reply: &Reply) {
+    reply
+        .send(
+            done(ResultCode::Success, ""),
+            Some(vec![controls::paged_response(0, b"")]),
+        )
+        .await;
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn paged(
     ctx: &Arc<LdapContext>,
@@ -287,13 +297,7 @@ async fn paged(
     let mut search = if cookie.is_empty() {
         if page == 0 {
             // Size 0 with no cookie: the client only wants the estimate; we give none.
-            reply
-                .send(
-                    done(ResultCode::Success, ""),
-                    Some(vec![controls::paged_response(0, b"")]),
-                )
-                .await;
-            return;
+            return empty_page(reply).await;
         }
         let (b, f) = (base.clone(), filter.clone());
         let (ctx2, who) = (ctx.clone(), who.clone());
@@ -362,14 +366,8 @@ async fn paged(
         }
     };
     if page == 0 {
-        // Size 0 with a cookie abandons the paged search.
-        reply
-            .send(
-                done(ResultCode::Success, ""),
-                Some(vec![controls::paged_response(0, b"")]),
-            )
-            .await;
-        return;
+        // Size 0 with a cookie abandons the paged search (its state is already removed).
+        return empty_page(reply).await;
     }
     let take: Vec<u64> = (0..page)
         .map_while(|_| search.remaining.pop_front())

@@ -6,7 +6,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use crate::harness::{start_configured, Node};
+use crate::harness::{start_configured, wait_until, Node};
 
 fn bind(url: &str, dn: &str, pw: &str) -> (u32, Duration) {
     let started = Instant::now();
@@ -86,17 +86,14 @@ fn per_address_cap_refuses_the_excess_connection() {
         .unwrap();
     assert_eq!(rs.len(), 1);
     drop(held.pop());
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Ok(mut c) = ldap3::LdapConn::new(&node.url) {
-            if c.simple_bind("cn=admin,ou=system,dc=pigeonair", &node.admin_pw)
-                .map(|r| r.rc == 0)
-                .unwrap_or(false)
-            {
-                break;
-            }
-        }
-        assert!(Instant::now() < deadline, "a freed slot is usable again");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let usable = wait_until(Duration::from_secs(10), || {
+        ldap3::LdapConn::new(&node.url)
+            .ok()
+            .and_then(|mut c| {
+                c.simple_bind("cn=admin,ou=system,dc=pigeonair", &node.admin_pw)
+                    .ok()
+            })
+            .is_some_and(|r| r.rc == 0)
+    });
+    assert!(usable, "a freed slot is usable again");
 }

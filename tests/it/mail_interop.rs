@@ -5,9 +5,9 @@
 
 use std::process::{Command, Output, Stdio};
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::harness::{run_with_input, start_configured, ConfiguredNode};
+use crate::harness::{run_with_input, start_configured, wait_until, ConfiguredNode};
 
 const ADMIN: &str = "cn=admin,ou=system,dc=pigeonair";
 const SERVICE: &str = "cn=mailservice,ou=system,dc=pigeonair";
@@ -123,9 +123,8 @@ fn dovecot_auth_test(node: &ConfiguredNode, passdb_settings: &str) {
     }
     let _stop = Stop(conf_s.clone());
     // The auth socket appears once dovecot is up.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let ok = loop {
-        let out = tool(
+    let auth = || {
+        tool(
             "doveadm",
             &[
                 "-c",
@@ -135,18 +134,16 @@ fn dovecot_auth_test(node: &ConfiguredNode, passdb_settings: &str) {
                 "alice@example.org",
                 "alice-secret",
             ],
-        );
-        if out.status.success() {
-            break out;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "doveadm auth test never succeeded: {} {}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        std::thread::sleep(Duration::from_millis(100));
+        )
     };
+    let up = wait_until(Duration::from_secs(20), || auth().status.success());
+    let ok = auth();
+    assert!(
+        up && ok.status.success(),
+        "doveadm auth test never succeeded: {} {}",
+        String::from_utf8_lossy(&ok.stdout),
+        String::from_utf8_lossy(&ok.stderr)
+    );
     assert!(
         String::from_utf8_lossy(&ok.stdout).contains("auth succeeded"),
         "{ok:?}"

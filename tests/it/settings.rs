@@ -2,9 +2,9 @@
 //! `cn=cluster,ou=system,<suffix>`): an administrator changes them with ldapmodify and
 //! the node applies them while it runs.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::harness::{run_with_input, Node, ToolOutput};
+use crate::harness::{run_with_input, wait_until, Node, ToolOutput};
 
 const SETTINGS: &str = "cn=cluster,ou=system,dc=pigeonair";
 const PEOPLE: &str = "ou=people,dc=example.org,ou=domains,dc=pigeonair";
@@ -36,12 +36,11 @@ fn set(node: &Node, change: &str) {
     .assert_ok();
 }
 
-fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !check() {
-        assert!(Instant::now() < deadline, "{what} did not happen in time");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+fn eventually(what: &str, check: impl FnMut() -> bool) {
+    assert!(
+        wait_until(Duration::from_secs(10), check),
+        "{what} did not happen in time"
+    );
 }
 
 #[test]

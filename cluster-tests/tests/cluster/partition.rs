@@ -209,17 +209,6 @@ fn parse_status(text: &str) -> Option<Vec<NodeView>> {
     )
 }
 
-fn poll<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 fn ldif_for(cn: &str) -> String {
     format!("dn: cn={cn},ou=system,dc=pigeonair\nobjectClass: applicationProcess\ncn: {cn}\n")
 }
@@ -273,12 +262,13 @@ fn leader_cut_off_majority_goes_on_and_heals() {
             ],
         );
     }
-    let leader = poll("three voters and a leader", Duration::from_secs(60), || {
-        let s = net.status(1, &bin)?;
-        let ok = s.len() == 3 && s.iter().all(|n| !n.error && n.voters == 3);
-        let leader = s.iter().find(|n| n.role == "leader")?.id as usize;
-        ok.then_some(leader)
-    });
+    let leader =
+        crate::harness::wait_until("three voters and a leader", Duration::from_secs(60), || {
+            let s = net.status(1, &bin)?;
+            let ok = s.len() == 3 && s.iter().all(|n| !n.error && n.voters == 3);
+            let leader = s.iter().find(|n| n.role == "leader")?.id as usize;
+            ok.then_some(leader)
+        });
     let old_term = net
         .status(leader, &bin)
         .map(|s| s.iter().map(|n| n.term).max().unwrap_or(0))
@@ -289,7 +279,7 @@ fn leader_cut_off_majority_goes_on_and_heals() {
     must(&["ip", "-n", &net.hub, "link", "set", &hub_end, "down"]);
     let majority: Vec<usize> = (1..=3).filter(|i| *i != leader).collect();
     let m = majority[0];
-    let new_leader = poll(
+    let new_leader = crate::harness::wait_until(
         "a new leader among the majority",
         Duration::from_secs(30),
         || {
@@ -384,7 +374,7 @@ fn leader_cut_off_majority_goes_on_and_heals() {
 
     // Heal: every replica converges, with the majority's writes and without the refused one.
     must(&["ip", "-n", &net.hub, "link", "set", &hub_end, "up"]);
-    poll(
+    crate::harness::wait_until(
         "all digests equal after healing",
         Duration::from_secs(60),
         || {
