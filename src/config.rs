@@ -127,6 +127,10 @@ pub struct LdapConfig {
     /// Refuse simple binds on unencrypted connections (default: on, except on loopback
     /// listeners).
     pub require_tls_for_bind: Option<bool>,
+    /// CA certificates (PEM files) whose client certificates may bind with SASL
+    /// EXTERNAL, besides the cluster CA (`pigeonair cert issue`), which is always
+    /// trusted.
+    pub tls_client_ca: Vec<PathBuf>,
 }
 
 impl Default for Config {
@@ -198,6 +202,7 @@ impl Default for LdapConfig {
             tls_cert: None,
             tls_key: None,
             require_tls_for_bind: None,
+            tls_client_ca: Vec::new(),
         }
     }
 }

@@ -116,6 +116,33 @@ enum Command {
         #[command(subcommand)]
         command: LdifCommand,
     },
+    /// TLS client certificates for SASL EXTERNAL binds.
+    Cert {
+        #[command(subcommand)]
+        command: CertCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum CertCommand {
+    /// Issue a client certificate, signed by the cluster CA, that binds as an entry.
+    Issue {
+        /// The entry the certificate binds as (written into it as `ldap:///<dn>`).
+        #[arg(long)]
+        dn: String,
+        /// Where to write the certificate (PEM).
+        #[arg(long)]
+        cert: PathBuf,
+        /// Where to write its private key (PEM, mode 0600).
+        #[arg(long)]
+        key: PathBuf,
+        /// How long it is valid, in days.
+        #[arg(long, default_value_t = 365)]
+        days: u64,
+        /// The configuration file of a local voter (which holds the CA key).
+        #[arg(long, default_value = "pigeonair.toml")]
+        config: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -291,7 +318,66 @@ fn real_main() -> Result<()> {
                     output,
                 },
         } => export(&config, base, operational, output),
+        Command::Cert {
+            command:
+                CertCommand::Issue {
+                    dn,
+                    cert,
+                    key,
+                    days,
+                    config,
+                },
+        } => issue_client_cert(&config, &dn, &cert, &key, days),
     }
+}
+
+/// `pigeonair cert issue`: a client certificate naming `dn`, signed with the cluster CA
+/// key this node holds.
+fn issue_client_cert(
+    config_path: &Path,
+    dn: &str,
+    cert_path: &Path,
+    key_path: &Path,
+    days: u64,
+) -> Result<()> {
+    let config = Config::load(config_path).map_err(anyhow::Error::msg)?;
+    let parsed = Dn::parse(dn).map_err(|e| anyhow::anyhow!("{dn}: {e}"))?;
+    let Some(rdn) = parsed.rdn() else {
+        bail!("a client certificate needs a DN, not the root");
+    };
+    if days == 0 || days > 3650 {
+        bail!("--days must be between 1 and 3650");
+    }
+    let files = PkiFiles::new(&config.node.data_dir);
+    if !files.has_ca_key() {
+        bail!(
+            "{} has no cluster CA key; issue client certificates on a voter",
+            files.dir().display()
+        );
+    }
+    let ca = files.load_ca().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let common_name = rdn
+        .0
+        .first()
+        .map(|ava| String::from_utf8_lossy(&ava.value).into_owned())
+        .unwrap_or_default();
+    let issued = ca
+        .issue_client(
+            &parsed.to_string(),
+            &common_name,
+            std::time::Duration::from_secs(days * 24 * 3600),
+        )
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    write_private(key_path, &issued.key_pem)?;
+    std::fs::write(cert_path, &issued.cert_pem)
+        .with_context(|| format!("writing {}", cert_path.display()))?;
+    println!(
+        "certificate for {parsed} in {} (key {}), valid {days} days; issuer {}",
+        cert_path.display(),
+        key_path.display(),
+        files.ca_cert_path().display()
+    );
+    Ok(())
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
@@ -393,6 +479,11 @@ fn quickstart(
             out,
             "  tls cert:  {} (self-signed; LDAPTLS_CACERT={0})",
             cert_path.display()
+        )?;
+        writeln!(
+            out,
+            "  client certificates (SASL EXTERNAL): pigeonair cert issue --config {} --dn DN --cert c.pem --key k.pem",
+            data_dir.join("pigeonair.toml").display()
         )?;
         if let Some(addr) = node.cluster.cluster_addr {
             writeln!(out, "  cluster:   {addr}")?;

@@ -74,10 +74,37 @@ pub fn ldap_tls_acceptor(config: &Config) -> Result<Option<tokio_rustls::TlsAcce
         .map_err(|e| format!("{}: {e}", cert.display()))?;
     let key = PrivateKeyDer::from_pem_file(key).map_err(|e| format!("{}: {e}", key.display()))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let server = rustls::ServerConfig::builder_with_provider(provider)
+    // Client certificates (SASL EXTERNAL) are asked for but optional; one that is
+    // presented must chain to the cluster CA or a configured client CA.
+    let mut roots = rustls::RootCertStore::empty();
+    let cluster_ca = crate::cluster::pki::PkiFiles::new(&config.node.data_dir).ca_cert_path();
+    let ca_files = std::iter::once(cluster_ca.clone())
+        .filter(|p| p.exists())
+        .chain(config.ldap.tls_client_ca.iter().cloned());
+    for file in ca_files {
+        for cert in
+            CertificateDer::pem_file_iter(&file).map_err(|e| format!("{}: {e}", file.display()))?
+        {
+            let cert = cert.map_err(|e| format!("{}: {e}", file.display()))?;
+            roots
+                .add(cert)
+                .map_err(|e| format!("{}: {e}", file.display()))?;
+        }
+    }
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_no_client_auth()
+        .map_err(|e| e.to_string())?;
+    let builder = if roots.is_empty() {
+        builder.with_no_client_auth()
+    } else {
+        let verifier =
+            rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .allow_unauthenticated()
+                .build()
+                .map_err(|e| format!("ldap TLS client CAs: {e}"))?;
+        builder.with_client_cert_verifier(verifier)
+    };
+    let server = builder
         .with_single_cert(certs, key)
         .map_err(|e| format!("ldap TLS certificate: {e}"))?;
     Ok(Some(tokio_rustls::TlsAcceptor::from(Arc::new(server))))

@@ -219,16 +219,7 @@ impl ClusterCa {
         node_name: &str,
         hosts: &[String],
     ) -> Result<NodeCert, PkiError> {
-        let ca_key = KeyPair::from_pem(&self.key_pem).map_err(|e| PkiError::Pem(e.to_string()))?;
-        let mut ca_params = CertificateParams::default();
-        ca_params.distinguished_name = cn_name(&self.common_name);
-        ca_params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        let issuer = Issuer::new(ca_params, ca_key);
-
+        let issuer = self.issuer()?;
         let mut sans = vec![
             SanType::DnsName(CLUSTER_SERVER_NAME.try_into()?),
             SanType::DnsName(format!("node-{node_id}.{CLUSTER_SERVER_NAME}").try_into()?),
@@ -273,25 +264,169 @@ impl ClusterCa {
         params.use_authority_key_identifier_extension = true;
         params.serial_number = Some(random_serial());
         set_validity(&mut params, NODE_VALIDITY);
-        let cert = params.signed_by(&key, &issuer)?;
+        let cert = self.sign(params, &key, &issuer)?;
+        tracing::info!(node_id, node_name, "issued a node certificate");
+        Ok(NodeCert {
+            cert_pem: cert,
+            key_pem: key.serialize_pem(),
+        })
+    }
 
-        // The issuer name must be byte-identical to the CA's subject for path building.
+    /// Issues a TLS client certificate for SASL EXTERNAL binds to the LDAP listeners,
+    /// which trust the cluster CA for client certificates. The certificate names the
+    /// entry `dn` in a URI subject alternative name `ldap:///<dn>` (RFC 4516, the DN
+    /// percent-encoded), which the node maps back to the entry; the subject is just
+    /// `CN=<common_name>`. Client authentication only, a fresh P-256 key, valid for
+    /// `validity`.
+    pub fn issue_client(
+        &self,
+        dn: &str,
+        common_name: &str,
+        validity: Duration,
+    ) -> Result<NodeCert, PkiError> {
+        let uri = format!("ldap:///{}", percent_encode(dn));
+        let uri = uri
+            .try_into()
+            .map_err(|_| PkiError::Invalid(format!("cannot put {dn:?} in a URI")))?;
+        let issuer = self.issuer()?;
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::default();
+        params.distinguished_name = cn_name(common_name);
+        params.subject_alt_names = vec![SanType::URI(uri)];
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        params.use_authority_key_identifier_extension = true;
+        params.serial_number = Some(random_serial());
+        set_validity(&mut params, validity);
+        let cert = self.sign(params, &key, &issuer)?;
+        Ok(NodeCert {
+            cert_pem: cert,
+            key_pem: key.serialize_pem(),
+        })
+    }
+
+    /// This CA as an issuer for rcgen.
+    fn issuer(&self) -> Result<Issuer<'static, KeyPair>, PkiError> {
+        let ca_key = KeyPair::from_pem(&self.key_pem).map_err(|e| PkiError::Pem(e.to_string()))?;
+        let mut ca_params = CertificateParams::default();
+        ca_params.distinguished_name = cn_name(&self.common_name);
+        ca_params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        Ok(Issuer::new(ca_params, ca_key))
+    }
+
+    /// Signs `params` for `key`; the certificate as PEM. Checks that the issuer name is
+    /// byte-identical to the CA's subject, which path building needs.
+    fn sign(
+        &self,
+        params: CertificateParams,
+        key: &KeyPair,
+        issuer: &Issuer<'static, KeyPair>,
+    ) -> Result<String, PkiError> {
+        let cert = params.signed_by(key, issuer)?;
         let ca_der = first_cert_der(&self.cert_pem)?;
         let ca_parts = der::parse_certificate(&ca_der)
             .ok_or_else(|| PkiError::Invalid("cannot parse the CA certificate".into()))?;
-        let node_parts = der::parse_certificate(cert.der())
+        let parts = der::parse_certificate(cert.der())
             .ok_or_else(|| PkiError::Invalid("cannot parse the issued certificate".into()))?;
-        if node_parts.issuer != ca_parts.subject {
+        if parts.issuer != ca_parts.subject {
             return Err(PkiError::Invalid(
                 "the issued certificate's issuer does not match the CA subject".into(),
             ));
         }
-        tracing::info!(node_id, node_name, "issued a node certificate");
-        Ok(NodeCert {
-            cert_pem: cert.pem(),
-            key_pem: key.serialize_pem(),
-        })
+        Ok(cert.pem())
     }
+}
+
+/// Percent-encodes everything but unreserved characters and the DN punctuation
+/// `,=+@` (RFC 3986, RFC 4516).
+fn percent_encode(s: &str) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~,=+@".contains(&b) {
+            out.push(b as char);
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+    out
+}
+
+/// Decodes `%XX` escapes; `None` on a broken escape or bytes that are not UTF-8.
+fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = s.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// What a verified client certificate says about who its holder is, for SASL EXTERNAL.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClientNames {
+    /// The subject as an RFC 4514 string, RDNs from the most specific to the root
+    /// (`cn=dovecot,ou=system,dc=pigeonair`). Attribute types LDAP knows get their
+    /// short names (`emailAddress` for the PKCS #9 one, as OpenSSL and OpenLDAP print
+    /// it); others are written as a dotted OID with the value in `#hex`.
+    pub subject: String,
+    /// DNs named by `ldap:///<dn>` URI subject alternative names.
+    pub ldap_dns: Vec<String>,
+    /// Mail addresses: rfc822Name alternative names and subject `emailAddress`es.
+    pub emails: Vec<String>,
+}
+
+/// The names in a client certificate (DER); `None` if it cannot be parsed.
+pub fn client_names(cert_der: &[u8]) -> Option<ClientNames> {
+    let parts = der::parse_certificate(cert_der)?;
+    let subject = der::name_to_string(parts.subject_content)?;
+    let mut names = ClientNames {
+        subject,
+        ..ClientNames::default()
+    };
+    for (tag, value) in der::subject_alt_names(parts.extensions)? {
+        let Ok(text) = std::str::from_utf8(value) else {
+            continue;
+        };
+        match tag {
+            der::SAN_EMAIL => names.emails.push(text.to_string()),
+            der::SAN_URI => {
+                let Some(rest) = text
+                    .get(..8)
+                    .filter(|p| p.eq_ignore_ascii_case("ldap:///"))
+                    .map(|_| &text[8..])
+                else {
+                    continue;
+                };
+                // No attributes, scope or filter: just the DN.
+                if !rest.contains('?') {
+                    if let Some(dn) = percent_decode(rest) {
+                        names.ldap_dns.push(dn);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    for rdn in names.subject.split(',') {
+        if let Some(mail) = rdn.strip_prefix("emailAddress=") {
+            names.emails.push(mail.replace('\\', ""));
+        }
+    }
+    Some(names)
 }
 
 /// The node id in a peer certificate (DER): the `<id>` of its subject common name
@@ -523,6 +658,8 @@ mod der {
         pub subject_content: &'a [u8],
         /// The SubjectPublicKeyInfo, whole encoding.
         pub spki: &'a [u8],
+        /// The contents of the Extensions SEQUENCE (empty when there are none).
+        pub extensions: &'a [u8],
     }
 
     /// Splits a DER certificate into the parts above.
@@ -543,12 +680,151 @@ mod der {
         let validity = expect(issuer.rest, SEQUENCE)?;
         let subject = expect(validity.rest, SEQUENCE)?;
         let spki = expect(subject.rest, SEQUENCE)?;
+        let mut extensions: &[u8] = &[];
+        let mut r = spki.rest;
+        while !r.is_empty() {
+            let field = read_tlv(r)?;
+            r = field.rest;
+            // [1] issuerUniqueID, [2] subjectUniqueID, [3] extensions
+            if field.tag == 0xa3 {
+                extensions = expect(field.content, SEQUENCE)?.content;
+            }
+        }
         Some(CertParts {
             issuer: issuer.whole,
             subject: subject.whole,
             subject_content: subject.content,
             spki: spki.whole,
+            extensions,
         })
+    }
+
+    /// The rfc822Name tag of a GeneralName.
+    pub(super) const SAN_EMAIL: u8 = 0x81;
+    /// The uniformResourceIdentifier tag of a GeneralName.
+    pub(super) const SAN_URI: u8 = 0x86;
+    const SAN_OID: &[u8] = &[0x55, 0x1d, 0x11];
+
+    /// The GeneralNames of the subjectAltName extension, as (tag, contents); empty when
+    /// there is none, `None` when the extensions are malformed.
+    pub(super) fn subject_alt_names(extensions: &[u8]) -> Option<Vec<(u8, &[u8])>> {
+        let mut out = Vec::new();
+        let mut exts = extensions;
+        while !exts.is_empty() {
+            let ext = expect(exts, SEQUENCE)?;
+            exts = ext.rest;
+            let oid = expect(ext.content, OID)?;
+            if oid.content != SAN_OID {
+                continue;
+            }
+            let mut next = read_tlv(oid.rest)?;
+            if next.tag == 0x01 {
+                next = read_tlv(next.rest)?; // critical BOOLEAN
+            }
+            if next.tag != 0x04 {
+                return None;
+            }
+            let names = expect(next.content, SEQUENCE)?;
+            let mut r = names.content;
+            while !r.is_empty() {
+                let name = read_tlv(r)?;
+                r = name.rest;
+                out.push((name.tag, name.content));
+            }
+        }
+        Some(out)
+    }
+
+    /// A Name's contents as an RFC 4514 string (see `ClientNames::subject`).
+    pub(super) fn name_to_string(name_content: &[u8]) -> Option<String> {
+        let mut rdns_out: Vec<String> = Vec::new();
+        let mut rdns = name_content;
+        while !rdns.is_empty() {
+            let rdn = expect(rdns, SET)?;
+            rdns = rdn.rest;
+            let mut avas_out: Vec<String> = Vec::new();
+            let mut atvs = rdn.content;
+            while !atvs.is_empty() {
+                let atv = expect(atvs, SEQUENCE)?;
+                atvs = atv.rest;
+                let oid = expect(atv.content, OID)?;
+                let value = read_tlv(oid.rest)?;
+                if !value.rest.is_empty() {
+                    return None;
+                }
+                let name = match oid.content {
+                    [0x55, 0x04, 0x03] => Some("cn"),
+                    [0x55, 0x04, 0x06] => Some("c"),
+                    [0x55, 0x04, 0x07] => Some("l"),
+                    [0x55, 0x04, 0x08] => Some("st"),
+                    [0x55, 0x04, 0x09] => Some("street"),
+                    [0x55, 0x04, 0x0a] => Some("o"),
+                    [0x55, 0x04, 0x0b] => Some("ou"),
+                    [0x09, 0x92, 0x26, 0x89, 0x93, 0xf2, 0x2c, 0x64, 0x01, 0x19] => Some("dc"),
+                    [0x09, 0x92, 0x26, 0x89, 0x93, 0xf2, 0x2c, 0x64, 0x01, 0x01] => Some("uid"),
+                    [0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x09, 0x01] => Some("emailAddress"),
+                    _ => None,
+                };
+                let text = match value.tag {
+                    // UTF8String, PrintableString, IA5String
+                    0x0c | 0x13 | 0x16 => std::str::from_utf8(value.content).ok(),
+                    _ => None,
+                };
+                let mut out = String::new();
+                match (name, text) {
+                    (Some(name), Some(text)) => {
+                        out.push_str(name);
+                        out.push('=');
+                        crate::directory::dn::escape_value(text.as_bytes(), &mut out);
+                    }
+                    _ => {
+                        out.push_str(&dotted(oid.content)?);
+                        out.push_str("=#");
+                        out.push_str(&super::hex(value.whole));
+                    }
+                }
+                avas_out.push(out);
+            }
+            if avas_out.is_empty() {
+                return None;
+            }
+            rdns_out.push(avas_out.join("+"));
+        }
+        rdns_out.reverse();
+        Some(rdns_out.join(","))
+    }
+
+    /// An OID's contents in dotted-decimal form.
+    pub(super) fn dotted(oid: &[u8]) -> Option<String> {
+        let mut arcs: Vec<u64> = Vec::new();
+        let mut acc: u64 = 0;
+        for (i, &b) in oid.iter().enumerate() {
+            if acc > (u64::MAX >> 7) {
+                return None;
+            }
+            acc = (acc << 7) | u64::from(b & 0x7f);
+            if b & 0x80 == 0 {
+                if arcs.is_empty() {
+                    let first = (acc / 40).min(2);
+                    arcs.push(first);
+                    arcs.push(acc - first * 40);
+                } else {
+                    arcs.push(acc);
+                }
+                acc = 0;
+            } else if i + 1 == oid.len() {
+                return None;
+            }
+        }
+        if arcs.is_empty() {
+            return None;
+        }
+        Some(
+            arcs.iter()
+                .map(u64::to_string)
+                .collect::<Vec<_>>()
+                .join("."),
+        )
     }
 
     /// The one common name in a Name's contents; `None` if there is none, more than
@@ -625,6 +901,55 @@ mod tests {
         assert!(ClusterCa::from_pem(&ca.cert_pem, other.key_pem()).is_err());
         // Bad hosts are refused.
         assert!(ca.issue_node(1, "n1", &["not a host!".into()]).is_err());
+    }
+
+    #[test]
+    fn client_certificates_name_an_ldap_entry() {
+        let ca = ClusterCa::generate("c1").unwrap();
+        let dn = "uid=Dove Cot\\, auth,ou=people,dc=example.org,ou=domains,dc=pigeonair";
+        let client = ca.issue_client(dn, "dovecot", NODE_VALIDITY).unwrap();
+        let der = first_cert_der(&client.cert_pem).unwrap();
+        let names = client_names(&der).unwrap();
+        assert_eq!(names.subject, "cn=dovecot");
+        assert_eq!(names.ldap_dns, vec![dn.to_string()]);
+        assert!(names.emails.is_empty());
+        assert_eq!(node_id_of_peer(&der), None);
+        assert!(ca.issue_client("cn=é", "x", NODE_VALIDITY).is_ok());
+
+        // A node certificate names no entry; its DNS and IP names are not read as ones.
+        let node = ca.issue_node(3, "n3", &["10.0.0.3".into()]).unwrap();
+        let names = client_names(&first_cert_der(&node.cert_pem).unwrap()).unwrap();
+        assert_eq!(names.subject, "cn=pigeonair-node-3");
+        assert!(names.ldap_dns.is_empty() && names.emails.is_empty());
+
+        // Subjects with repeated types, escapes and e-mail addresses, as other CAs write them.
+        let mut params = CertificateParams::default();
+        let mut name = DistinguishedName::new();
+        name.push(DnType::CommonName, "Smith, John");
+        name.push(
+            DnType::CustomDnType(vec![1, 2, 840, 113549, 1, 9, 1]),
+            rcgen::DnValue::Ia5String("john@example.org".try_into().unwrap()),
+        );
+        name.push(DnType::CustomDnType(vec![1, 2, 3, 4]), "x");
+        params.distinguished_name = name;
+        params.subject_alt_names = vec![SanType::Rfc822Name("js@example.org".try_into().unwrap())];
+        let key = KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        let names = client_names(cert.der()).unwrap();
+        assert_eq!(
+            names.subject,
+            "1.2.3.4=#0c0178+emailAddress=john@example.org+cn=Smith\\, John"
+                .split('+')
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        assert_eq!(names.emails, vec!["js@example.org", "john@example.org"]);
+
+        assert_eq!(percent_decode(&percent_encode(dn)).as_deref(), Some(dn));
+        assert_eq!(percent_decode("%4"), None);
+        assert_eq!(der::dotted(&[0x2a, 0x86, 0x48]).as_deref(), Some("1.2.840"));
+        assert_eq!(der::dotted(&[0x2a, 0x86]), None);
+        assert_eq!(client_names(b"garbage"), None);
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! Bind (RFC 4511 section 4.2, RFC 4513): anonymous and simple.
+//! Bind (RFC 4511 section 4.2, RFC 4513): anonymous, simple, SASL PLAIN and SASL
+//! EXTERNAL (a verified TLS client certificate).
 
 use rasn_ldap::{AuthenticationChoice, BindRequest, BindResponse, ProtocolOp, ResultCode};
 
@@ -51,12 +52,21 @@ pub async fn handle(
                 }
             }
         }
+        AuthenticationChoice::Sasl(creds) if creds.mechanism.0.eq_ignore_ascii_case("EXTERNAL") => {
+            return external(
+                ctx,
+                reply,
+                creds.credentials.as_deref().unwrap_or_default(),
+                conn,
+            )
+            .await;
+        }
         _ => {
             reply
                 .send(
                     response(
                         ResultCode::AuthMethodNotSupported,
-                        "supported SASL mechanisms: PLAIN",
+                        "supported SASL mechanisms: PLAIN, EXTERNAL",
                     ),
                     None,
                 )
@@ -161,6 +171,120 @@ pub async fn verify(ctx: &LdapContext, name: &str, password: Vec<u8>) -> Option<
     .flatten()
 }
 
+/// SASL EXTERNAL (RFC 4422 appendix A, RFC 4513 section 5.2.3): the identity is the
+/// entry the connection's TLS client certificate names. The authorization id, if any,
+/// must be `dn:` of that same entry.
+async fn external(ctx: &LdapContext, reply: &Reply, authzid: &[u8], conn: &ConnInfo) -> Identity {
+    let Some(names) = conn.client_cert.clone() else {
+        reply
+            .send(
+                response(
+                    ResultCode::InappropriateAuthentication,
+                    "SASL EXTERNAL needs a TLS client certificate (LDAPS or StartTLS)",
+                ),
+                None,
+            )
+            .await;
+        return Identity::default();
+    };
+    let subject = names.subject.clone();
+    let refuse = |message: &'static str| async move {
+        tracing::warn!(peer = %conn.peer, %subject, "EXTERNAL bind refused: {message}");
+        crate::metrics::inc(&crate::metrics::LDAP_BINDS_FAILED);
+        reply
+            .send(response(ResultCode::InvalidCredentials, message), None)
+            .await;
+        Identity::default()
+    };
+    let Some(identity) = certificate_identity(ctx, &names).await else {
+        return refuse("the client certificate names no entry of this directory").await;
+    };
+    let authzid = String::from_utf8_lossy(authzid);
+    let same = authzid.is_empty()
+        || authzid.strip_prefix("dn:").is_some_and(|z| {
+            Dn::parse(z)
+                .ok()
+                .and_then(|d| ctx.dir.schema().dn_key(&d).ok())
+                .is_some_and(|k| k == identity.key)
+        });
+    if !same {
+        return refuse("the authorization id must be the certificate's own entry").await;
+    }
+    if !identity.admin {
+        let allowed = super::access::Checker::new(ctx, &ctx.dir, &Identity::default())
+            .is_ok_and(|c| c.may_bind_as(&identity.dn));
+        if !allowed {
+            return refuse("the access rules do not allow this entry to bind").await;
+        }
+    }
+    tracing::info!(dn = %identity.dn, subject = %names.subject, "EXTERNAL bind");
+    crate::metrics::inc(&crate::metrics::LDAP_BINDS_OK);
+    reply.send(response(ResultCode::Success, ""), None).await;
+    identity
+}
+
+/// The entry a client certificate names: the DN of an `ldap:///<dn>` alternative name
+/// (what `pigeonair cert issue` writes), else the subject read as a DN, else the one
+/// entry whose `mail` is an e-mail address of the certificate. It must exist.
+async fn certificate_identity(
+    ctx: &LdapContext,
+    names: &crate::cluster::pki::ClientNames,
+) -> Option<Identity> {
+    let dir = ctx.dir.clone();
+    let names = names.clone();
+    let found = tokio::task::spawn_blocking(move || -> Option<(String, String)> {
+        let view = dir.view().ok()?;
+        let by_dn = names
+            .ldap_dns
+            .iter()
+            .chain(std::iter::once(&names.subject))
+            .find_map(|dn| view.find(dn).ok().flatten());
+        let entry_dn = match by_dn {
+            Some(entry) => entry.dn,
+            None => names.emails.iter().find_map(|mail| {
+                let mut found = entries_with(&dir, &view, "mail", mail);
+                (found.len() == 1).then(|| found.pop()).flatten()
+            })?,
+        };
+        let key = dir.schema().dn_key(&Dn::parse(&entry_dn).ok()?).ok()?;
+        Some((entry_dn, key))
+    })
+    .await
+    .ok()??;
+    let (dn, key) = found;
+    Some(Identity {
+        admin: ctx.admin_keys.contains(&key),
+        dn,
+        key,
+    })
+}
+
+/// The DNs of the entries under the suffix whose `attr` equals `value`: none, one, or
+/// two when there are several.
+fn entries_with(
+    dir: &crate::directory::Directory,
+    view: &crate::directory::DirView<'_>,
+    attr: &str,
+    value: &str,
+) -> Vec<String> {
+    let filter = crate::directory::filter::Filter::Equality(attr.into(), value.as_bytes().to_vec());
+    let base = dir.suffix().to_string();
+    let mut found = Vec::new();
+    let req = crate::directory::SearchRequest {
+        base: &base,
+        scope: crate::directory::Scope::Subtree,
+        filter: &filter,
+        size_limit: 2,
+        deadline: None,
+        view: None,
+    };
+    let _ = view.search(&req, |_, e| {
+        found.push(e.dn);
+        true
+    });
+    found
+}
+
 /// SASL PLAIN (RFC 4616): `[authzid] NUL authcid NUL password`. The authentication id is
 /// a DN (`dn:` prefix optional) or a user name (`u:` prefix optional) matched against
 /// `mail` and then `uid`, which must name exactly one entry. An authorization id other
@@ -186,23 +310,8 @@ async fn plain_identity(ctx: &LdapContext, message: &[u8]) -> Option<(String, Ve
             return Some(dn);
         }
         let view = dir.view().ok()?;
-        let base = dir.suffix().to_string();
         for attr in ["mail", "uid"] {
-            let filter =
-                crate::directory::filter::Filter::Equality(attr.into(), id.as_bytes().to_vec());
-            let mut found = Vec::new();
-            let req = crate::directory::SearchRequest {
-                base: &base,
-                scope: crate::directory::Scope::Subtree,
-                filter: &filter,
-                size_limit: 2,
-                deadline: None,
-                view: None,
-            };
-            let _ = view.search(&req, |_, e| {
-                found.push(e.dn);
-                true
-            });
+            let mut found = entries_with(&dir, &view, attr, id);
             match found.len() {
                 1 => return found.pop(),
                 0 => continue,

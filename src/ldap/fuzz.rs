@@ -69,6 +69,7 @@ pub fn session_bytes(data: &[u8]) -> Vec<u8> {
                 secure: true,
                 start_tls: false,
                 require_tls_for_bind: false,
+                client_cert: None,
             },
             crate::ldap::Identity::default(),
             rx,

@@ -284,6 +284,7 @@ async fn serve_connection(
         secure: false,
         start_tls: false,
         require_tls_for_bind,
+        client_cert: None,
     };
     let acceptor = match tls {
         ListenerTls::Implicit(acceptor) => {
@@ -293,6 +294,7 @@ async fn serve_connection(
                 return;
             };
             conn.secure = true;
+            conn.client_cert = client_cert(&tls_stream);
             session::run(ctx, tls_stream, conn, Identity::default(), shutdown).await;
             return;
         }
@@ -302,7 +304,7 @@ async fn serve_connection(
     let end = session::run(
         ctx.clone(),
         stream,
-        conn,
+        conn.clone(),
         Identity::default(),
         shutdown.clone(),
     )
@@ -313,6 +315,7 @@ async fn serve_connection(
                 let conn = session::ConnInfo {
                     secure: true,
                     start_tls: false,
+                    client_cert: client_cert(&tls_stream),
                     ..conn
                 };
                 session::run(ctx, tls_stream, conn, identity, shutdown).await;
@@ -320,4 +323,13 @@ async fn serve_connection(
             _ => tracing::info!(%peer, "StartTLS handshake failed"),
         }
     }
+}
+
+/// The names in the client's certificate, when it presented one (rustls has verified it
+/// against the trusted client CAs already).
+fn client_cert<S>(
+    tls: &tokio_rustls::server::TlsStream<S>,
+) -> Option<Arc<crate::cluster::pki::ClientNames>> {
+    let cert = tls.get_ref().1.peer_certificates()?.first()?;
+    crate::cluster::pki::client_names(cert).map(Arc::new)
 }

@@ -36,7 +36,7 @@ fn root_dse(ctx: &LdapContext) -> StoredEntry {
         Attribute::new("supportedLDAPVersion", ["3"]),
         Attribute::new("supportedControl", controls::SUPPORTED.iter()),
         Attribute::new("supportedExtension", extended::SUPPORTED.iter()),
-        Attribute::new("supportedSASLMechanisms", ["PLAIN"]),
+        Attribute::new("supportedSASLMechanisms", ["PLAIN", "EXTERNAL"]),
         // RFC 4526 absolute true/false filters, RFC 3673 "+", RFC 4529 "@class" not offered.
         Attribute::new(
             "supportedFeatures",

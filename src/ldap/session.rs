@@ -71,7 +71,7 @@ pub async fn refuse_busy(mut stream: TcpStream, why: &'static str) {
 }
 
 /// What a session knows about its transport.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ConnInfo {
     /// The client's address.
     pub peer: SocketAddr,
@@ -81,6 +81,8 @@ pub struct ConnInfo {
     pub start_tls: bool,
     /// Simple binds with a password are refused unless the connection is secure.
     pub require_tls_for_bind: bool,
+    /// The names in the verified TLS client certificate, if one was presented.
+    pub client_cert: Option<Arc<crate::cluster::pki::ClientNames>>,
 }
 
 /// How a session ended.
