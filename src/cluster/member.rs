@@ -94,6 +94,8 @@ pub struct Cluster {
     pub cluster_addr: Option<std::net::SocketAddr>,
     shutdown: watch::Sender<bool>,
     muted: Arc<std::sync::atomic::AtomicBool>,
+    /// Turns true when this node first accepts AppendEntries from a leader.
+    heard_leader: watch::Sender<bool>,
 }
 
 fn raft_config(config: &Config, cluster_id: &str) -> Result<Arc<openraft::Config>, String> {
@@ -134,6 +136,30 @@ pub fn member_count(dir: &Directory) -> usize {
 /// The voter target of the cluster (a cluster-wide setting in the directory).
 pub const DEFAULT_VOTER_TARGET: usize = 3;
 
+/// A restarted voter stays out of elections until it hears from a leader (`heard`
+/// turns true on the first accepted AppendEntries), or `grace` passes (the whole
+/// cluster is starting). Without this a node that restarts while a leader is healthy may
+/// time out before the leader's replication reaches it, campaign with a higher term and
+/// unseat that leader (openraft 0.9 has no pre-vote).
+fn hold_elections_until_heard(raft: &Raft, mut heard: watch::Receiver<bool>, grace: Duration) {
+    let voters = raft
+        .metrics()
+        .borrow()
+        .membership_config
+        .membership()
+        .voter_ids()
+        .count();
+    if voters < 2 {
+        return;
+    }
+    raft.runtime_config().elect(false);
+    let raft = raft.clone();
+    tokio::spawn(async move {
+        let _ = tokio::time::timeout(grace, heard.wait_for(|h| *h)).await;
+        raft.runtime_config().elect(true);
+    });
+}
+
 impl Cluster {
     /// Start this node's Raft and, when `serve` is set, its cluster port.
     pub async fn start(
@@ -153,12 +179,22 @@ impl Cluster {
         let raft = Raft::new(
             state.node_id,
             raft_config(config, &state.cluster_id)?,
-            Network::new(dialer.clone(), muted.clone()),
+            Network::new(
+                dialer.clone(),
+                muted.clone(),
+                Duration::from_millis(config.cluster.heartbeat_ms),
+            ),
             log_store,
             sm.clone(),
         )
         .await
         .map_err(|e| e.to_string())?;
+        let (heard_leader, heard) = watch::channel(false);
+        hold_elections_until_heard(
+            &raft,
+            heard,
+            Duration::from_millis(4 * config.cluster.election_timeout_max_ms),
+        );
         let (shutdown, rx) = watch::channel(false);
         let mut cluster = Cluster {
             raft,
@@ -174,6 +210,7 @@ impl Cluster {
             cluster_addr: None,
             shutdown,
             muted,
+            heard_leader,
         };
         let listener = if serve {
             let l = TcpListener::bind(config.cluster.listen)
@@ -341,7 +378,10 @@ impl Cluster {
             id: uuid::Uuid::new_v4().to_string(),
             cmd,
         };
+        let mut metrics = self.raft.metrics();
         loop {
+            // The leader this attempt goes to; after a failure, a new one ends the wait.
+            let tried = metrics.borrow_and_update().current_leader;
             let left = deadline.saturating_duration_since(Instant::now());
             let proposed =
                 match tokio::time::timeout(left, self.raft.client_write(request.clone())).await {
@@ -389,7 +429,13 @@ impl Cluster {
             if Instant::now() + delay >= deadline {
                 return Err(unavailable());
             }
-            tokio::time::sleep(delay).await;
+            // Back off, but go again at once when a different leader becomes known: after
+            // a failover the write resumes as soon as this node hears the new leader.
+            let _ = tokio::time::timeout(
+                delay,
+                metrics.wait_for(|m| m.current_leader.is_some() && m.current_leader != tried),
+            )
+            .await;
             delay = (delay * 2).min(Duration::from_millis(200));
         }
     }
@@ -738,7 +784,9 @@ impl Handler for ClusterHandler {
                 ..
             } = conn;
             match service {
-                Service::Raft => serve_raft(cluster.raft.clone(), stream).await,
+                Service::Raft => {
+                    serve_raft(cluster.raft.clone(), stream, &cluster.heard_leader).await
+                }
                 Service::Write => loop {
                     let req: ClusterRequest = match transport::read_frame(&mut stream).await {
                         Ok(Some(r)) => r,

@@ -39,9 +39,13 @@ pub enum RaftRpcReply {
     Snapshot(Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>),
 }
 
-/// Serve one inbound Raft connection: answer RPCs until the peer closes it.
-pub async fn serve_raft<S>(raft: Raft, mut stream: S)
-where
+/// Serve one inbound Raft connection: answer RPCs until the peer closes it. The first
+/// AppendEntries from a current leader sets `heard_leader`.
+pub async fn serve_raft<S>(
+    raft: Raft,
+    mut stream: S,
+    heard_leader: &tokio::sync::watch::Sender<bool>,
+) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     loop {
@@ -54,7 +58,14 @@ where
             }
         };
         let reply = match rpc {
-            RaftRpc::Append(r) => RaftRpcReply::Append(raft.append_entries(r).await),
+            RaftRpc::Append(r) => {
+                let resp = raft.append_entries(r).await;
+                // Success or a log conflict: either way a current leader reached us.
+                if matches!(&resp, Ok(r) if !matches!(r, AppendEntriesResponse::HigherVote(_))) {
+                    heard_leader.send_if_modified(|h| !std::mem::replace(h, true));
+                }
+                RaftRpcReply::Append(resp)
+            }
             RaftRpc::Vote(r) => RaftRpcReply::Vote(raft.vote(r).await),
             RaftRpc::Snapshot(r) => RaftRpcReply::Snapshot(raft.install_snapshot(r).await),
         };
@@ -72,14 +83,21 @@ where
 pub struct Network {
     dialer: Arc<Dialer>,
     muted: Arc<AtomicBool>,
+    retry: std::time::Duration,
 }
 
 impl Network {
     /// A network that dials peers with the node's own certificate. While `muted` is
     /// set, this node sends no Raft RPCs at all (no heartbeats, no replication, no
-    /// votes): the failover drill uses it to make a leader fall silent.
-    pub fn new(dialer: Arc<Dialer>, muted: Arc<AtomicBool>) -> Network {
-        Network { dialer, muted }
+    /// votes): the failover drill uses it to make a leader fall silent. `retry` is the
+    /// first pause before replication to an unreachable peer is tried again (the
+    /// heartbeat interval); it doubles up to four times that.
+    pub fn new(dialer: Arc<Dialer>, muted: Arc<AtomicBool>, retry: std::time::Duration) -> Network {
+        Network {
+            dialer,
+            muted,
+            retry,
+        }
     }
 }
 
@@ -92,6 +110,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             target,
             addr: node.addr.clone(),
             muted: self.muted.clone(),
+            retry: self.retry,
         }
     }
 }
@@ -102,6 +121,7 @@ pub struct PeerConnection {
     target: NodeId,
     addr: String,
     muted: Arc<AtomicBool>,
+    retry: std::time::Duration,
 }
 
 fn transport_error<E: std::error::Error>(e: TransportError) -> RPCError<NodeId, ClusterNode, E> {
@@ -140,6 +160,19 @@ fn unexpected<E: std::error::Error>() -> RPCError<NodeId, ClusterNode, E> {
 }
 
 impl RaftNetwork<TypeConfig> for PeerConnection {
+    /// How long replication waits before trying an unreachable peer again. openraft's
+    /// default is a flat 500 ms, so a restarted follower heard from its leader only after
+    /// up to half a second, long enough to time out and call an election that unseats
+    /// a healthy leader. Here: the heartbeat interval, doubling to four times that.
+    fn backoff(&self) -> openraft::network::Backoff {
+        let first = self.retry;
+        openraft::network::Backoff::new(
+            [first, first * 2]
+                .into_iter()
+                .chain(std::iter::repeat(first * 4)),
+        )
+    }
+
     async fn append_entries(
         &mut self,
         rpc: AppendEntriesRequest<TypeConfig>,
