@@ -2,14 +2,14 @@
 //!
 //! Each log entry is applied in one durable redb transaction of the directory that also
 //! records the entry's log id (`raft_applied`) and, for a membership entry, the membership
-//! (`raft_membership`), so the applied position always matches the data. Snapshots are the
-//! whole directory ([`DirectorySnapshot`], bincode); the latest one is kept in memory and
-//! in `raft-snapshot.bin` in the data directory so it survives a restart.
+//! (`raft_membership`), so the applied position always matches the data. A snapshot is
+//! the whole directory streamed into a file (see [`MAGIC`] for the format); the latest
+//! one is `raft-snapshot.bin` in the data directory, sent to other nodes from there.
 
 // openraft's StorageError is large by design; every storage method returns it.
 #![allow(clippy::result_large_err)]
 
-use std::io::{Cursor, Write};
+use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -24,7 +24,7 @@ use tokio::sync::watch;
 
 use super::log_store::Entry;
 use super::types::{ClusterNode, ClusterRequest, ClusterResponse, NodeId, TypeConfig};
-use crate::directory::{Directory, DirectorySnapshot};
+use crate::directory::Directory;
 
 /// The directory meta key holding the last applied log id (bincode `LogId`).
 pub const META_APPLIED: &str = "raft_applied";
@@ -33,6 +33,8 @@ pub const META_APPLIED: &str = "raft_applied";
 pub const META_MEMBERSHIP: &str = "raft_membership";
 /// The file name of the current snapshot inside the data directory.
 pub const SNAPSHOT_FILE: &str = "raft-snapshot.bin";
+/// Where a snapshot sent by the leader is received.
+const INCOMING_FILE: &str = "raft-snapshot.incoming";
 
 type StErr = StorageError<NodeId>;
 type Membership = StoredMembership<NodeId, ClusterNode>;
@@ -56,18 +58,174 @@ fn write_err(e: impl Into<AnyError>) -> StErr {
     StorageIOError::write_state_machine(e).into()
 }
 
-/// The latest snapshot: its meta and its bytes.
-#[derive(Clone, serde::Serialize, serde::Deserialize)]
-struct StoredSnapshot {
-    meta: Meta,
-    data: Vec<u8>,
+/// Snapshot files, on disk and as sent to other nodes: [`MAGIC`]; a frame (u32
+/// big-endian length, bincode) with the `SnapshotMeta`; a u32 count of directory
+/// metadata pairs, each a u32-length key and a u32-length value; then one record per
+/// entry, `1`, id (u64), u32 length, the encoded entry; `0` at the end, followed by the
+/// SHA-256 of everything before it, checked before an install commits. Built and
+/// installed as a stream, so a snapshot costs disk, not memory.
+const MAGIC: &[u8; 8] = b"PASNAP1\n";
+const REC_END: u8 = 0;
+const REC_ENTRY: u8 = 1;
+/// The largest frame a snapshot file may hold (a sanity bound for damaged files).
+const MAX_FRAME: usize = 64 << 20;
+
+/// A snapshot file that cannot be written or read.
+#[derive(Debug)]
+struct SnapError(String);
+
+impl std::fmt::Display for SnapError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
 }
 
-impl StoredSnapshot {
-    fn to_snapshot(&self) -> Snapshot<TypeConfig> {
-        Snapshot {
-            meta: self.meta.clone(),
-            snapshot: Box::new(Cursor::new(self.data.clone())),
+impl std::error::Error for SnapError {}
+
+impl From<std::io::Error> for SnapError {
+    fn from(e: std::io::Error) -> Self {
+        SnapError(e.to_string())
+    }
+}
+
+impl From<crate::directory::store::StoreError> for SnapError {
+    fn from(e: crate::directory::store::StoreError) -> Self {
+        SnapError(e.to_string())
+    }
+}
+
+impl From<AnyError> for SnapError {
+    fn from(e: AnyError) -> Self {
+        SnapError(e.to_string())
+    }
+}
+
+fn write_frame(w: &mut impl Write, bytes: &[u8]) -> std::io::Result<()> {
+    let len = u32::try_from(bytes.len())
+        .map_err(|_| std::io::Error::other("a snapshot frame over 4 GiB"))?;
+    w.write_all(&len.to_be_bytes())?;
+    w.write_all(bytes)
+}
+
+fn read_u32(r: &mut impl Read) -> Result<u32, SnapError> {
+    let mut b = [0u8; 4];
+    r.read_exact(&mut b)?;
+    Ok(u32::from_be_bytes(b))
+}
+
+fn read_frame(r: &mut impl Read) -> Result<Vec<u8>, SnapError> {
+    let len = read_u32(r)? as usize;
+    if len > MAX_FRAME {
+        return Err(SnapError(format!("a snapshot frame of {len} bytes")));
+    }
+    let mut buf = vec![0u8; len];
+    r.read_exact(&mut buf)?;
+    Ok(buf)
+}
+
+/// Reads a snapshot file's magic and meta.
+fn read_header(r: &mut impl Read) -> Result<Meta, SnapError> {
+    let mut magic = [0u8; 8];
+    r.read_exact(&mut magic)?;
+    if &magic != MAGIC {
+        return Err(SnapError("not a PigeonAir snapshot file".into()));
+    }
+    Ok(decode(&read_frame(r)?)?)
+}
+
+/// Reads the directory metadata pairs that follow the header.
+fn read_dir_meta(r: &mut impl Read) -> Result<Vec<(String, Vec<u8>)>, SnapError> {
+    let n = read_u32(r)?;
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let k = String::from_utf8(read_frame(r)?)
+            .map_err(|_| SnapError("a metadata key that is not UTF-8".into()))?;
+        out.push((k, read_frame(r)?));
+    }
+    Ok(out)
+}
+
+/// The next entry record; `None` at the end marker, once the checksum after it
+/// matches what was read.
+fn read_entry<R: Read>(r: &mut Hashed<R>) -> Result<Option<(u64, Vec<u8>)>, SnapError> {
+    let mut tag = [0u8; 1];
+    r.read_exact(&mut tag)?;
+    match tag[0] {
+        REC_END => {
+            use sha2::Digest;
+            let expected = r.hash.clone().finalize();
+            let mut sum = [0u8; 32];
+            r.read_exact(&mut sum)?;
+            if expected.as_slice() != sum {
+                return Err(SnapError("the snapshot's checksum does not match".into()));
+            }
+            Ok(None)
+        }
+        REC_ENTRY => {
+            let mut id = [0u8; 8];
+            r.read_exact(&mut id)?;
+            Ok(Some((u64::from_be_bytes(id), read_frame(r)?)))
+        }
+        t => Err(SnapError(format!("unknown snapshot record {t}"))),
+    }
+}
+
+/// Hashes everything read through it, or written through it.
+struct Hashed<T> {
+    inner: T,
+    hash: sha2::Sha256,
+}
+
+impl<T> Hashed<T> {
+    fn new(inner: T) -> Hashed<T> {
+        use sha2::Digest;
+        Hashed {
+            inner,
+            hash: sha2::Sha256::new(),
+        }
+    }
+}
+
+impl<R: Read> Read for Hashed<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        use sha2::Digest;
+        let n = self.inner.read(buf)?;
+        self.hash.update(&buf[..n]);
+        Ok(n)
+    }
+}
+
+impl<W: Write> Write for Hashed<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        use sha2::Digest;
+        let n = self.inner.write(buf)?;
+        self.hash.update(&buf[..n]);
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Reads through `r`, copying everything read to `w`.
+struct Tee<R, W> {
+    r: R,
+    w: W,
+}
+
+impl<R: Read, W: Write> Read for Tee<R, W> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.r.read(buf)?;
+        self.w.write_all(&buf[..n])?;
+        Ok(n)
+    }
+}
+
+/// Syncs the directory holding `path` (after a rename into it).
+fn sync_parent(path: &Path) {
+    if let Some(parent) = path.parent() {
+        if let Ok(d) = std::fs::File::open(parent) {
+            let _ = d.sync_all();
         }
     }
 }
@@ -79,8 +237,9 @@ struct Shared {
     /// The last applied index (0 when nothing was applied).
     applied: AtomicU64,
     applied_tx: watch::Sender<u64>,
-    /// The current snapshot; the lock also serialises writing its file.
-    current: Mutex<Option<StoredSnapshot>>,
+    /// The meta of the current snapshot (in `snapshot_path`); the lock also
+    /// serialises replacing that file.
+    current: Mutex<Option<Meta>>,
     /// Makes snapshot ids unique.
     counter: AtomicU64,
 }
@@ -104,52 +263,43 @@ impl Shared {
         Ok((applied, membership))
     }
 
-    /// Make `snap` the current snapshot: write it to a temporary file, sync it, rename
-    /// it over the snapshot file, sync the directory. With `only_if_newer`, a snapshot
-    /// older than the current one is dropped.
-    fn store_snapshot(&self, snap: StoredSnapshot, only_if_newer: bool) -> Result<(), StErr> {
+    /// A fresh temporary file name beside the snapshot file.
+    fn temp_path(&self, what: &str) -> PathBuf {
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        self.snapshot_path.with_extension(format!("{what}.{n}.tmp"))
+    }
+
+    /// Make the synced file `tmp` (holding a snapshot with `meta`) the current
+    /// snapshot: rename it over the snapshot file and sync the directory. With
+    /// `only_if_newer`, a snapshot older than the current one is dropped.
+    fn promote(&self, tmp: &Path, meta: Meta, only_if_newer: bool) -> Result<(), SnapError> {
         let mut cur = self.current.lock().unwrap_or_else(|p| p.into_inner());
-        if only_if_newer {
-            if let Some(c) = cur.as_ref() {
-                if c.meta.last_log_id > snap.meta.last_log_id {
-                    return Ok(());
-                }
-            }
-        }
-        let sig = Some(snap.meta.signature());
-        let werr = |e: AnyError| -> StErr { StorageIOError::write_snapshot(sig.clone(), e).into() };
-        let bytes = encode(&snap).map_err(werr)?;
-        let tmp = self.snapshot_path.with_extension("bin.tmp");
-        let io = |e: std::io::Error| werr(AnyError::new(&e));
+        if only_if_newer
+            && cur
+                .as_ref()
+                .is_some_and(|c| c.last_log_id > meta.last_log_id)
         {
-            let mut f = std::fs::File::create(&tmp).map_err(io)?;
-            f.write_all(&bytes).map_err(io)?;
-            f.sync_all().map_err(io)?;
+            let _ = std::fs::remove_file(tmp);
+            return Ok(());
         }
-        std::fs::rename(&tmp, &self.snapshot_path).map_err(io)?;
-        if let Some(parent) = self.snapshot_path.parent() {
-            if let Ok(d) = std::fs::File::open(parent) {
-                let _ = d.sync_all();
-            }
-        }
-        *cur = Some(snap);
+        std::fs::rename(tmp, &self.snapshot_path)?;
+        sync_parent(&self.snapshot_path);
+        *cur = Some(meta);
         Ok(())
     }
 
-    /// Build a snapshot of the directory as it is now and make it current.
-    fn build_snapshot(&self) -> Result<Snapshot<TypeConfig>, StErr> {
-        let snap = self
-            .dir
-            .snapshot(&[META_APPLIED, META_MEMBERSHIP])
-            .map_err(|e| read_err(&e))?;
+    /// Build a snapshot of the directory as it is now, streamed from one read
+    /// transaction into a file, and make it current.
+    fn build_snapshot(&self) -> Result<Meta, SnapError> {
+        let source = self.dir.snapshot_source(&[META_APPLIED, META_MEMBERSHIP])?;
         // The log id and membership come from the same read transaction as the entries.
         let mut last_log_id = None;
         let mut last_membership = Membership::default();
-        for (k, v) in &snap.meta {
+        for (k, v) in &source.meta {
             if k == META_APPLIED {
-                last_log_id = Some(decode::<LogId<NodeId>>(v).map_err(read_err)?);
+                last_log_id = Some(decode::<LogId<NodeId>>(v)?);
             } else if k == META_MEMBERSHIP {
-                last_membership = decode::<Membership>(v).map_err(read_err)?;
+                last_membership = decode::<Membership>(v)?;
             }
         }
         let counter = self.counter.fetch_add(1, Ordering::Relaxed);
@@ -162,18 +312,99 @@ impl Shared {
             last_membership,
             snapshot_id,
         };
-        let data = encode(&snap)
-            .map_err(|e| StErr::from(StorageIOError::write_snapshot(Some(meta.signature()), e)))?;
-        tracing::info!(
-            snapshot = %meta.snapshot_id,
-            entries = snap.entries.len(),
-            bytes = data.len(),
-            "built a directory snapshot"
-        );
-        let stored = StoredSnapshot { meta, data };
-        let out = stored.to_snapshot();
-        self.store_snapshot(stored, true)?;
-        Ok(out)
+        let tmp = self.temp_path("build");
+        let written = (|| -> Result<u64, SnapError> {
+            let mut w = Hashed::new(std::io::BufWriter::with_capacity(
+                1 << 20,
+                std::fs::File::create(&tmp)?,
+            ));
+            w.write_all(MAGIC)?;
+            write_frame(&mut w, &encode(&meta)?)?;
+            let pairs = u32::try_from(source.meta.len()).unwrap_or(u32::MAX);
+            w.write_all(&pairs.to_be_bytes())?;
+            for (k, v) in &source.meta {
+                write_frame(&mut w, k.as_bytes())?;
+                write_frame(&mut w, v)?;
+            }
+            let n = source.for_each_entry(|id, raw| -> Result<(), SnapError> {
+                w.write_all(&[REC_ENTRY])?;
+                w.write_all(&id.to_be_bytes())?;
+                write_frame(&mut w, raw)?;
+                Ok(())
+            })?;
+            w.write_all(&[REC_END])?;
+            let sum = {
+                use sha2::Digest;
+                w.hash.clone().finalize()
+            };
+            w.write_all(&sum)?;
+            let f = w.inner.into_inner().map_err(|e| SnapError(e.to_string()))?;
+            f.sync_all()?;
+            Ok(n)
+        })();
+        let entries = match written {
+            Ok(n) => n,
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(e);
+            }
+        };
+        drop(source);
+        tracing::info!(snapshot = %meta.snapshot_id, entries, "built a directory snapshot");
+        self.promote(&tmp, meta.clone(), true)?;
+        Ok(meta)
+    }
+
+    /// Install the snapshot in `src` (whose meta openraft gives as `meta`): stream its
+    /// entries into the directory in one transaction, copying the file as it is read;
+    /// then the copy becomes the current snapshot.
+    fn install_snapshot(&self, meta: &Meta, src: std::fs::File) -> Result<u64, SnapError> {
+        let tmp = self.temp_path("install");
+        let result = (|| -> Result<u64, SnapError> {
+            let out = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&tmp)?);
+            let mut r = Hashed::new(Tee {
+                r: std::io::BufReader::with_capacity(1 << 20, src),
+                w: out,
+            });
+            let header = read_header(&mut r)?;
+            if header.last_log_id != meta.last_log_id {
+                return Err(SnapError(format!(
+                    "the snapshot file is {} but openraft installs {}",
+                    header.snapshot_id, meta.snapshot_id
+                )));
+            }
+            let mut dir_meta = read_dir_meta(&mut r)?;
+            // The applied position and membership are those the snapshot's meta names,
+            // written in the same transaction as the data.
+            dir_meta.retain(|(k, _)| k != META_APPLIED && k != META_MEMBERSHIP);
+            if let Some(l) = &meta.last_log_id {
+                dir_meta.push((META_APPLIED.to_string(), encode(l)?));
+            }
+            dir_meta.push((META_MEMBERSHIP.to_string(), encode(&meta.last_membership)?));
+            let entries = std::iter::from_fn(|| read_entry(&mut r).transpose());
+            let n = self.dir.install_from(entries, &dir_meta)?;
+            let mut rest = [0u8; 1];
+            if r.read(&mut rest)? != 0 {
+                return Err(SnapError("data after the snapshot's end".into()));
+            }
+            let f = r
+                .inner
+                .w
+                .into_inner()
+                .map_err(|e| SnapError(e.to_string()))?;
+            f.sync_all()?;
+            Ok(n)
+        })();
+        match result {
+            Ok(n) => {
+                self.promote(&tmp, meta.clone(), false)?;
+                Ok(n)
+            }
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                Err(e)
+            }
+        }
     }
 }
 
@@ -201,18 +432,32 @@ impl StateMachine {
     ) -> Result<StateMachine, StorageError<NodeId>> {
         std::fs::create_dir_all(data_dir).map_err(|e| write_err(&e))?;
         let snapshot_path = data_dir.join(SNAPSHOT_FILE);
-        let current = match std::fs::read(&snapshot_path) {
-            Ok(bytes) => {
-                let s: StoredSnapshot = decode(&bytes)
-                    .map_err(|e| StErr::from(StorageIOError::read_snapshot(None, e)))?;
-                Some(s)
+        // Leftovers of builds, installs and transfers cut short.
+        if let Ok(list) = std::fs::read_dir(data_dir) {
+            for f in list.flatten() {
+                let name = f.file_name().to_string_lossy().into_owned();
+                if name.starts_with("raft-snapshot.")
+                    && (name.ends_with(".tmp") || name == INCOMING_FILE)
+                {
+                    let _ = std::fs::remove_file(f.path());
+                }
             }
+        }
+        let current = match std::fs::File::open(&snapshot_path) {
+            Ok(f) => match read_header(&mut std::io::BufReader::new(f)) {
+                Ok(meta) => Some(meta),
+                Err(e) => {
+                    // Not fatal: the next snapshot replaces it.
+                    tracing::warn!(error = %e, path = %snapshot_path.display(), "ignoring an unreadable snapshot file");
+                    None
+                }
+            },
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
             Err(e) => return Err(StorageIOError::read_snapshot(None, &e).into()),
         };
         let counter = current
             .as_ref()
-            .and_then(|s| s.meta.snapshot_id.rsplit('-').next()?.parse::<u64>().ok())
+            .and_then(|m| m.snapshot_id.rsplit('-').next()?.parse::<u64>().ok())
             .map_or(0, |c| c + 1);
         let (applied_tx, _) = watch::channel(0);
         let shared = Shared {
@@ -324,44 +569,47 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn begin_receiving_snapshot(
         &mut self,
-    ) -> Result<Box<Cursor<Vec<u8>>>, StorageError<NodeId>> {
-        Ok(Box::new(Cursor::new(Vec::new())))
+    ) -> Result<Box<tokio::fs::File>, StorageError<NodeId>> {
+        let path = self.shared.snapshot_path.with_file_name(INCOMING_FILE);
+        let file = tokio::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .await
+            .map_err(|e| StErr::from(StorageIOError::write_snapshot(None, &e)))?;
+        Ok(Box::new(file))
     }
 
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta<NodeId, ClusterNode>,
-        snapshot: Box<Cursor<Vec<u8>>>,
+        snapshot: Box<tokio::fs::File>,
     ) -> Result<(), StorageError<NodeId>> {
         let meta = meta.clone();
-        let data = snapshot.into_inner();
-        self.blocking(move |s| {
-            let sig = Some(meta.signature());
-            let rerr =
-                |e: AnyError| -> StErr { StorageIOError::read_snapshot(sig.clone(), e).into() };
-            let mut snap: DirectorySnapshot = decode(&data).map_err(rerr)?;
-            // The applied position and membership are those the snapshot's meta names,
-            // written in the same transaction as the data.
-            snap.meta
-                .retain(|(k, _)| k != META_APPLIED && k != META_MEMBERSHIP);
-            if let Some(l) = &meta.last_log_id {
-                snap.meta
-                    .push((META_APPLIED.to_string(), encode(l).map_err(rerr)?));
-            }
-            snap.meta.push((
-                META_MEMBERSHIP.to_string(),
-                encode(&meta.last_membership).map_err(rerr)?,
-            ));
-            s.dir.install(&snap).map_err(|e| write_err(&e))?;
-            tracing::info!(
-                snapshot = %meta.snapshot_id,
-                entries = snap.entries.len(),
-                "installed a directory snapshot"
-            );
-            s.set_applied(meta.last_log_id.map_or(0, |l| l.index));
-            s.store_snapshot(StoredSnapshot { meta, data }, false)
+        let sig = Some(meta.signature());
+        let rerr = |e: &dyn std::error::Error| -> StErr {
+            StorageIOError::read_snapshot(sig.clone(), AnyError::error(e.to_string())).into()
+        };
+        // Finish the writes in flight, then read it from the start.
+        snapshot.sync_all().await.map_err(|e| rerr(&e))?;
+        let mut file = snapshot.into_std().await;
+        file.seek(std::io::SeekFrom::Start(0))
+            .map_err(|e| rerr(&e))?;
+        let shared = self.shared.clone();
+        let installed = tokio::task::spawn_blocking(move || {
+            let n = shared.install_snapshot(&meta, file);
+            let _ = std::fs::remove_file(shared.snapshot_path.with_file_name(INCOMING_FILE));
+            n.map(|n| (n, meta))
         })
         .await
+        .map_err(|e| rerr(&e))?;
+        let (entries, meta) = installed.map_err(|e| rerr(&e))?;
+        tracing::info!(snapshot = %meta.snapshot_id, entries, "installed a directory snapshot");
+        self.shared
+            .set_applied(meta.last_log_id.map_or(0, |l| l.index));
+        Ok(())
     }
 
     async fn get_current_snapshot(
@@ -372,7 +620,16 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .current
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        Ok(cur.as_ref().map(StoredSnapshot::to_snapshot))
+        let Some(meta) = cur.as_ref() else {
+            return Ok(None);
+        };
+        // Opened under the lock, so the file and the meta belong together.
+        let file = std::fs::File::open(&self.shared.snapshot_path)
+            .map_err(|e| StErr::from(StorageIOError::read_snapshot(Some(meta.signature()), &e)))?;
+        Ok(Some(Snapshot {
+            meta: meta.clone(),
+            snapshot: Box::new(tokio::fs::File::from_std(file)),
+        }))
     }
 }
 
@@ -384,9 +641,16 @@ pub struct SnapshotBuilder {
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<NodeId>> {
         let shared = self.shared.clone();
-        tokio::task::spawn_blocking(move || shared.build_snapshot())
+        let meta = tokio::task::spawn_blocking(move || shared.build_snapshot())
             .await
             .map_err(|e| read_err(&e))?
+            .map_err(|e| StErr::from(StorageIOError::write_snapshot(None, &e)))?;
+        let file = std::fs::File::open(&self.shared.snapshot_path)
+            .map_err(|e| StErr::from(StorageIOError::read_snapshot(Some(meta.signature()), &e)))?;
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(tokio::fs::File::from_std(file)),
+        })
     }
 }
 
@@ -597,6 +861,27 @@ mod tests {
             .unwrap();
         assert_eq!(again.meta.last_log_id, snap.meta.last_log_id);
         assert_ne!(again.meta.snapshot_id, snap.meta.snapshot_id);
+
+        // A damaged snapshot (cut short, or garbage) is refused and changes nothing.
+        let whole = std::fs::read(a.path().join(SNAPSHOT_FILE)).unwrap();
+        let c = TempDir::new().unwrap();
+        let mut sm_c = StateMachine::open(open_dir(c.path()), c.path()).unwrap();
+        sm_c.apply([normal(1, 1, suffix()), normal(1, 2, ou("mine"))])
+            .await
+            .unwrap();
+        let before = sm_c.directory().digest().unwrap();
+        let mut garbage = whole.clone();
+        garbage[whole.len() / 2] ^= 0xff;
+        for bad in [whole[..whole.len() - 3].to_vec(), b"junk".to_vec(), garbage] {
+            let mut rx = sm_c.begin_receiving_snapshot().await.unwrap();
+            tokio::io::AsyncWriteExt::write_all(&mut *rx, &bad)
+                .await
+                .unwrap();
+            let _ = sm_c.install_snapshot(&snap.meta, rx).await;
+            assert_eq!(sm_c.directory().digest().unwrap(), before);
+            assert_eq!(sm_c.applied_index(), 2);
+        }
+        assert!(sm_c.get_current_snapshot().await.unwrap().is_none());
     }
 
     #[tokio::test(flavor = "multi_thread")]

@@ -54,7 +54,7 @@ openraft::declare_raft_types!(
         NodeId = NodeId,
         Node = ClusterNode,
         Entry = openraft::Entry<TypeConfig>,
-        SnapshotData = std::io::Cursor<Vec<u8>>,
+        SnapshotData = tokio::fs::File,
         AsyncRuntime = openraft::TokioRuntime,
 );
 

@@ -177,13 +177,23 @@ pub enum DirError {
     Store(#[from] StoreError),
 }
 
-/// The whole directory, for Raft snapshots.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DirectorySnapshot {
-    /// (id, encoded entry) in id order.
-    pub entries: Vec<(u64, Vec<u8>)>,
-    /// Metadata (the id counter and the keys asked for).
+/// A consistent read of the whole directory for a Raft snapshot: the metadata asked
+/// for, then the entries streamed one by one (nothing is held in memory).
+pub struct SnapshotSource {
+    read: store::ReadView,
+    /// Metadata (the id counter and the keys asked for), from the same read.
     pub meta: Vec<(String, Vec<u8>)>,
+}
+
+impl SnapshotSource {
+    /// Calls `f` with every (id, encoded entry) in id order; stops at the first error.
+    /// Returns how many entries there were.
+    pub fn for_each_entry<E: From<StoreError>>(
+        &self,
+        f: impl FnMut(u64, &[u8]) -> Result<(), E>,
+    ) -> Result<u64, E> {
+        self.read.for_each_raw(f)
+    }
 }
 
 /// Search scope.
@@ -430,34 +440,42 @@ impl Directory {
         self.store.read()?.meta(name)
     }
 
-    /// The whole directory as one value: every entry with its id, the id counter and
-    /// the given metadata keys.
-    pub fn snapshot(&self, meta_keys: &[&str]) -> Result<DirectorySnapshot, StoreError> {
-        let r = self.store.read()?;
-        let entries = r.raw_entries()?;
+    /// The whole directory as of now, for a snapshot: the id counter and the given
+    /// metadata keys, and the entries to stream from the same read.
+    pub fn snapshot_source(&self, meta_keys: &[&str]) -> Result<SnapshotSource, StoreError> {
+        let read = self.store.read()?;
         let mut meta = Vec::new();
         for k in meta_keys.iter().chain(["next_id"].iter()) {
-            if let Some(v) = r.meta(k)? {
+            if let Some(v) = read.meta(k)? {
                 meta.push((k.to_string(), v));
             }
         }
-        Ok(DirectorySnapshot { entries, meta })
+        Ok(SnapshotSource { read, meta })
     }
 
-    /// Replace the whole directory with a snapshot, in one durable transaction, and
-    /// rebuild the indexes.
-    pub fn install(&self, snap: &DirectorySnapshot) -> Result<(), StoreError> {
+    /// Replace the whole directory with a snapshot's entries (id, encoded entry) and
+    /// metadata, rebuilding the indexes, in one durable transaction: a failure part-way
+    /// leaves the directory as it was. Returns how many entries were installed.
+    pub fn install_from<E: From<StoreError>>(
+        &self,
+        entries: impl Iterator<Item = Result<(u64, Vec<u8>), E>>,
+        meta: &[(String, Vec<u8>)],
+    ) -> Result<u64, E> {
         let mut w = self.store.write()?;
         w.clear_all()?;
-        for (id, raw) in &snap.entries {
-            let e = store::decode(raw)?;
-            w.put_entry(*id, &e)?;
-            w.index_insert(&self.indexes.keys_of(&self.schema, &e), *id)?;
+        let mut n = 0;
+        for item in entries {
+            let (id, raw) = item?;
+            let e = store::decode(&raw)?;
+            w.put_entry(id, &e)?;
+            w.index_insert(&self.indexes.keys_of(&self.schema, &e), id)?;
+            n += 1;
         }
-        for (k, v) in &snap.meta {
+        for (k, v) in meta {
             w.set_meta(k, v)?;
         }
-        w.commit()
+        w.commit()?;
+        Ok(n)
     }
 
     /// A digest of the directory's content (every entry's DN key and encoded form, in

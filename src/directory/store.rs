@@ -171,14 +171,19 @@ macro_rules! scan {
 }
 
 impl ReadView {
-    /// Every (id, encoded entry) in id order, for snapshots and digests.
-    pub fn raw_entries(&self) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
-        let mut out = Vec::new();
-        for item in self.entries.iter()? {
-            let (k, v) = item?;
-            out.push((k.value(), v.value().to_vec()));
+    /// Calls `f` with every (id, encoded entry) in id order, for snapshots; stops at
+    /// the first error. Returns how many entries there were.
+    pub fn for_each_raw<E: From<StoreError>>(
+        &self,
+        mut f: impl FnMut(u64, &[u8]) -> Result<(), E>,
+    ) -> Result<u64, E> {
+        let mut n = 0;
+        for item in self.entries.iter().map_err(StoreError::from)? {
+            let (k, v) = item.map_err(StoreError::from)?;
+            f(k.value(), v.value())?;
+            n += 1;
         }
-        Ok(out)
+        Ok(n)
     }
 }
 
