@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use openraft::error::{ClientWriteError, RaftError};
@@ -96,6 +96,8 @@ pub struct Cluster {
     muted: Arc<std::sync::atomic::AtomicBool>,
     /// Turns true when this node first accepts AppendEntries from a leader.
     heard_leader: watch::Sender<bool>,
+    /// The last directory digest and the applied index it was computed at.
+    digest_cache: Mutex<Option<(u64, String)>>,
 }
 
 fn raft_config(config: &Config, cluster_id: &str) -> Result<Arc<openraft::Config>, String> {
@@ -211,6 +213,7 @@ impl Cluster {
             shutdown,
             muted,
             heard_leader,
+            digest_cache: Mutex::new(None),
         };
         let listener = if serve {
             let l = TcpListener::bind(config.cluster.listen)
@@ -537,6 +540,21 @@ impl Cluster {
             .any(|id| id == self.node_id)
     }
 
+    /// The directory digest, computed again only when the applied index moved: `status`
+    /// is polled, and hashing a million entries takes seconds.
+    fn digest(&self) -> String {
+        let applied = self.sm.applied_index();
+        let mut cached = self.digest_cache.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((index, digest)) = cached.as_ref() {
+            if *index == applied {
+                return digest.clone();
+            }
+        }
+        let digest = self.sm.directory().digest().unwrap_or_default();
+        *cached = Some((applied, digest.clone()));
+        digest
+    }
+
     /// This node's view of itself.
     pub fn status(&self) -> NodeStatus {
         let m = self.raft.metrics().borrow().clone();
@@ -573,7 +591,7 @@ impl Cluster {
             learners,
             replication,
             millis_since_quorum_ack: last_contact_ms,
-            digest: self.sm.directory().digest().unwrap_or_default(),
+            digest: self.digest(),
             members: membership
                 .nodes()
                 .map(|(id, n)| (*id, n.addr.clone()))

@@ -484,16 +484,14 @@ impl Directory {
         use sha2::{Digest, Sha256};
         let r = self.store.read()?;
         let mut h = Sha256::new();
-        for (key, id) in r.scan_prefix("")? {
+        r.for_each_dn(|key, id| {
             h.update(key.as_bytes());
             h.update([0u8]);
-            if let Some(e) = r.entry(id)? {
-                h.update(
-                    bincode::serde::encode_to_vec(&e, bincode::config::standard())
-                        .unwrap_or_default(),
-                );
+            if let Some(raw) = r.raw_entry(id)? {
+                h.update(raw);
             }
-        }
+            Ok::<(), StoreError>(())
+        })?;
         Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
     }
 

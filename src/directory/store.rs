@@ -171,6 +171,23 @@ macro_rules! scan {
 }
 
 impl ReadView {
+    /// Calls `f` with every (DN key, id) in key order; stops at the first error.
+    pub fn for_each_dn<E: From<StoreError>>(
+        &self,
+        mut f: impl FnMut(&str, u64) -> Result<(), E>,
+    ) -> Result<(), E> {
+        for item in self.dn2id.iter().map_err(StoreError::from)? {
+            let (k, v) = item.map_err(StoreError::from)?;
+            f(k.value(), v.value())?;
+        }
+        Ok(())
+    }
+
+    /// An entry's stored encoding.
+    pub fn raw_entry(&self, id: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.entries.get(id)?.map(|v| v.value().to_vec()))
+    }
+
     /// Calls `f` with every (id, encoded entry) in id order, for snapshots; stops at
     /// the first error. Returns how many entries there were.
     pub fn for_each_raw<E: From<StoreError>>(
