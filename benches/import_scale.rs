@@ -898,14 +898,24 @@ fn run_pigeonair(lab: &mut Lab, bin: &Path, ldif: &Path, o: &Opts) -> Result1 {
 
     // First-start work: the snapshot of the imported directory.
     let snap = data.join("raft-snapshot.bin");
-    let tmp = data.join("raft-snapshot.bin.tmp");
+    // A snapshot being written: `raft-snapshot*.tmp` beside it.
+    let writing = || {
+        std::fs::read_dir(&data)
+            .map(|rd| {
+                rd.filter_map(|e| e.ok()).any(|e| {
+                    let n = e.file_name().to_string_lossy().into_owned();
+                    n.starts_with("raft-snapshot") && n.ends_with(".tmp")
+                })
+            })
+            .unwrap_or(false)
+    };
     let started = Instant::now();
     let mut last: Option<(u64, Instant)> = None;
     loop {
         lab.check_alive("pigeonair");
         let size = std::fs::metadata(&snap).ok().map(|m| m.len());
         match (size, last) {
-            (Some(s), Some((ls, since))) if s == ls && !tmp.exists() => {
+            (Some(s), Some((ls, since))) if s == ls && !writing() => {
                 if since.elapsed() >= SETTLE_STABLE {
                     // When the final size was first seen (to the 200 ms poll).
                     r.settle = Some(since.saturating_duration_since(started));
