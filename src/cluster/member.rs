@@ -230,14 +230,9 @@ impl Cluster {
             None
         };
         let cluster = Arc::new(cluster);
-        if let Some(listener) = listener {
-            let server = transport::server_config(&identity).map_err(|e| e.to_string())?;
-            let handler: Arc<dyn Handler> = Arc::new(ClusterHandler(cluster.clone()));
-            tokio::spawn(transport::serve(listener, server, handler, rx));
-            let c = cluster.clone();
-            tokio::spawn(async move { c.register_self().await });
-        }
-        tokio::spawn(maintain_voters(cluster.clone()));
+        // An offline import is put into a snapshot before the cluster port opens: a node
+        // that joined first would get only the log, which does not hold the imported
+        // entries, and never see them.
         if cluster
             .sm
             .directory()
@@ -246,9 +241,16 @@ impl Cluster {
             .flatten()
             .is_some()
         {
-            let c = cluster.clone();
-            tokio::spawn(async move { c.publish_offline_import().await });
+            cluster.publish_offline_import().await;
         }
+        if let Some(listener) = listener {
+            let server = transport::server_config(&identity).map_err(|e| e.to_string())?;
+            let handler: Arc<dyn Handler> = Arc::new(ClusterHandler(cluster.clone()));
+            tokio::spawn(transport::serve(listener, server, handler, rx));
+            let c = cluster.clone();
+            tokio::spawn(async move { c.register_self().await });
+        }
+        tokio::spawn(maintain_voters(cluster.clone()));
         Ok(cluster)
     }
 
