@@ -18,12 +18,13 @@
 //! under `cargo test --benches`) it runs a one-round smoke pass with the test-profile
 //! binary. Every child process is killed when the program ends, also on a panic.
 
+mod common;
+
 use std::collections::{HashMap, HashSet};
-use std::io::{BufRead, BufReader, Read};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::mpsc::RecvTimeoutError;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -147,37 +148,6 @@ fn opts() -> Opts {
     o
 }
 
-/// The `pigeonair` binary: in bench mode built here with `cargo build --release`; in
-/// test mode the one cargo built for this test run.
-fn binary(bench_mode: bool) -> PathBuf {
-    if !bench_mode {
-        return PathBuf::from(env!("CARGO_BIN_EXE_pigeonair"));
-    }
-    let manifest_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
-    eprintln!("failover: cargo build --release --bin pigeonair");
-    let status = Command::new(env!("CARGO"))
-        .args([
-            "build",
-            "--release",
-            "--bin",
-            "pigeonair",
-            "--manifest-path",
-        ])
-        .arg(manifest_dir.join("Cargo.toml"))
-        .status()
-        .expect("running cargo build");
-    assert!(
-        status.success(),
-        "cargo build --release --bin pigeonair failed"
-    );
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| manifest_dir.join("target"));
-    let bin = target.join("release/pigeonair");
-    assert!(bin.exists(), "{} is missing after the build", bin.display());
-    bin
-}
-
 // ---------------------------------------------------------------------------------
 // Status
 
@@ -251,51 +221,6 @@ impl StatusView {
 
 // ---------------------------------------------------------------------------------
 // Processes
-
-/// Run a one-shot command to completion, killing it after `timeout`.
-fn run_within(mut cmd: Command, timeout: Duration) -> Result<String, String> {
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("spawn: {e}"))?;
-    let mut out = child.stdout.take().expect("piped");
-    let mut err = child.stderr.take().expect("piped");
-    let to = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = out.read_to_string(&mut s);
-        s
-    });
-    let te = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = err.read_to_string(&mut s);
-        s
-    });
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(s)) => break Some(s),
-            Ok(None) if Instant::now() >= deadline => {
-                let _ = child.kill();
-                let _ = child.wait();
-                break None;
-            }
-            Ok(None) => std::thread::sleep(Duration::from_millis(5)),
-            Err(e) => return Err(format!("wait: {e}")),
-        }
-    };
-    let stdout = to.join().unwrap_or_default();
-    let stderr = te.join().unwrap_or_default();
-    match status {
-        None => Err(format!(
-            "timed out after {timeout:?}; stderr: {}",
-            stderr.trim()
-        )),
-        Some(s) if s.success() => Ok(stdout),
-        Some(s) => Err(format!("{s}; stderr: {}", stderr.trim())),
-    }
-}
 
 struct Node {
     config: PathBuf,
@@ -391,7 +316,7 @@ impl Cluster {
         all.push("--config");
         let cfg = self.nodes[i].config.to_str().expect("utf-8").to_string();
         all.push(&cfg);
-        run_within(self.cmd(&all), COMMAND_TIMEOUT)
+        common::run_within(self.cmd(&all), COMMAND_TIMEOUT)
             .map_err(|e| format!("pigeonair {} (node {}): {e}", args.join(" "), i + 1))
     }
 
@@ -420,7 +345,7 @@ impl Cluster {
             .stderr(Stdio::from(log))
             .spawn()
             .expect("spawning pigeonair");
-        let lines = line_channel(child.stdout.take().expect("piped"));
+        let lines = common::line_channel(child.stdout.take().expect("piped"));
         self.nodes[i].child = Some(child);
         let deadline = Instant::now() + READY_TIMEOUT;
         let mut id = None;
@@ -514,7 +439,7 @@ impl Cluster {
 
     fn start_cluster(&mut self) {
         let cfg = self.nodes[0].config.to_str().expect("utf-8").to_string();
-        run_within(
+        common::run_within(
             self.cmd(&["init", "--config", &cfg, "--admin-password", ADMIN_PW]),
             COMMAND_TIMEOUT,
         )
@@ -541,18 +466,6 @@ impl Cluster {
             );
         }
     }
-}
-
-fn line_channel(stdout: std::process::ChildStdout) -> Receiver<String> {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            // Keep draining after the receiver is gone so the node never blocks on stdout.
-            let _ = tx.send(line);
-        }
-    });
-    rx
 }
 
 // ---------------------------------------------------------------------------------
@@ -1136,7 +1049,7 @@ fn round(cluster: &mut Cluster, r: usize) -> Round {
 
 fn main() {
     let o = opts();
-    let bin = binary(o.bench_mode);
+    let bin = common::pigeonair_binary(o.bench_mode, "failover");
     if !o.bench_mode {
         eprintln!(
             "failover: test mode (no --bench): {} round(s), {} lag samples, {}",

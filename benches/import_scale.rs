@@ -30,7 +30,9 @@
 //! slapd missing is an error in both modes. Every child process is killed when the
 //! program ends, also on a panic.
 
-use std::io::{BufRead, BufReader, BufWriter, Read, Write};
+mod common;
+
+use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -117,37 +119,6 @@ fn opts() -> Opts {
     o
 }
 
-/// The `pigeonair` binary: in bench mode built here with `cargo build --release`; in
-/// test mode the one cargo built for this test run.
-fn pigeonair_binary(bench_mode: bool) -> PathBuf {
-    if !bench_mode {
-        return PathBuf::from(env!("CARGO_BIN_EXE_pigeonair"));
-    }
-    let manifest_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
-    eprintln!("import_scale: cargo build --release --bin pigeonair");
-    let status = Command::new(env!("CARGO"))
-        .args([
-            "build",
-            "--release",
-            "--bin",
-            "pigeonair",
-            "--manifest-path",
-        ])
-        .arg(manifest_dir.join("Cargo.toml"))
-        .status()
-        .expect("running cargo build");
-    assert!(
-        status.success(),
-        "cargo build --release --bin pigeonair failed"
-    );
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| manifest_dir.join("target"));
-    let bin = target.join("release/pigeonair");
-    assert!(bin.exists(), "{} is missing after the build", bin.display());
-    bin
-}
-
 // ---------------------------------------------------------------------------------
 // OpenLDAP installation
 
@@ -160,25 +131,16 @@ struct OpenLdap {
     schema: PathBuf,
 }
 
-fn find_program(name: &str) -> Option<PathBuf> {
-    let mut dirs: Vec<PathBuf> = ["/usr/sbin", "/usr/local/sbin", "/usr/local/libexec"]
-        .iter()
-        .map(PathBuf::from)
-        .collect();
-    if let Some(path) = std::env::var_os("PATH") {
-        dirs.extend(std::env::split_paths(&path));
-    }
-    dirs.into_iter().map(|d| d.join(name)).find(|p| p.is_file())
-}
-
 /// Find slapd, slapadd, the argon2 module and the schema files; panics with how to
 /// install them when something is missing.
 fn find_openldap() -> OpenLdap {
     const INSTALL: &str = "this benchmark compares PigeonAir with OpenLDAP's slapd and needs it \
          installed: `apt-get install -y slapd` (Debian/Ubuntu; it provides slapd, slapadd, \
          the back_mdb and argon2 modules in /usr/lib/ldap and the schema in /etc/ldap/schema)";
-    let slapd = find_program("slapd").unwrap_or_else(|| panic!("slapd not found; {INSTALL}"));
-    let slapadd = find_program("slapadd").unwrap_or_else(|| panic!("slapadd not found; {INSTALL}"));
+    let slapd =
+        common::find_program("slapd").unwrap_or_else(|| panic!("slapd not found; {INSTALL}"));
+    let slapadd =
+        common::find_program("slapadd").unwrap_or_else(|| panic!("slapadd not found; {INSTALL}"));
     let modules = [
         "/usr/lib/ldap",
         "/usr/lib64/openldap",
@@ -219,49 +181,6 @@ fn gnu_time() -> Option<PathBuf> {
 
 // ---------------------------------------------------------------------------------
 // Processes
-
-/// Run a short command to completion, killing it after `timeout`; its stdout.
-fn run_within(mut cmd: Command, timeout: Duration) -> Result<String, String> {
-    let child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("spawn: {e}"))?;
-    let mut guard = KillOnDrop(child);
-    let mut out = guard.0.stdout.take().expect("piped");
-    let mut err = guard.0.stderr.take().expect("piped");
-    let to = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = out.read_to_string(&mut s);
-        s
-    });
-    let te = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = err.read_to_string(&mut s);
-        s
-    });
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        match guard.0.try_wait() {
-            Ok(Some(s)) => break Some(s),
-            Ok(None) if Instant::now() >= deadline => break None,
-            Ok(None) => std::thread::sleep(Duration::from_millis(5)),
-            Err(e) => return Err(format!("wait: {e}")),
-        }
-    };
-    drop(guard);
-    let stdout = to.join().unwrap_or_default();
-    let stderr = te.join().unwrap_or_default();
-    match status {
-        None => Err(format!(
-            "timed out after {timeout:?}; stderr: {}",
-            stderr.trim()
-        )),
-        Some(s) if s.success() => Ok(stdout),
-        Some(s) => Err(format!("{s}; stderr: {}", stderr.trim())),
-    }
-}
 
 /// The direct children of `pid` (Linux `/proc/PID/task/PID/children`).
 fn children_of(pid: u32) -> Vec<u32> {
@@ -856,7 +775,7 @@ fn run_pigeonair(lab: &mut Lab, bin: &Path, ldif: &Path, o: &Opts) -> Result1 {
     init.args(["init", "--config"])
         .arg(&config)
         .args(["--admin-password", ADMIN_PW]);
-    run_within(init, COMMAND_TIMEOUT).unwrap_or_else(|e| panic!("pigeonair init: {e}"));
+    common::run_within(init, COMMAND_TIMEOUT).unwrap_or_else(|e| panic!("pigeonair init: {e}"));
 
     let mut r = Result1::default();
     eprintln!(
@@ -1002,7 +921,8 @@ fn run_slapd(lab: &mut Lab, ol: &OpenLdap, ldif: &Path, admin_hash: &str, o: &Op
     write_slapd_base_ldif(&base);
     let mut c = Command::new(&ol.slapadd);
     c.arg("-f").arg(&conf).arg("-q").arg("-l").arg(&base);
-    run_within(c, COMMAND_TIMEOUT).unwrap_or_else(|e| panic!("slapadd of the base entries: {e}"));
+    common::run_within(c, COMMAND_TIMEOUT)
+        .unwrap_or_else(|e| panic!("slapadd of the base entries: {e}"));
 
     let mut r = Result1::default();
     eprintln!("import_scale: slapadd -q of {} accounts", o.accounts);
@@ -1201,7 +1121,7 @@ fn loadavg() -> String {
 fn main() {
     let o = opts();
     let ol = find_openldap();
-    let bin = pigeonair_binary(o.bench_mode);
+    let bin = common::pigeonair_binary(o.bench_mode, "import_scale");
     let mut lab = Lab::new(o.keep);
     let load_before = loadavg();
     eprintln!(

@@ -36,12 +36,14 @@
 //! missing is an error in both modes. Every child process is killed when the program
 //! ends, also on a panic.
 
+mod common;
+
 use std::collections::HashSet;
-use std::io::{BufRead, BufReader, BufWriter, Read, Write};
+use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
@@ -165,37 +167,6 @@ fn opts() -> Opts {
     o
 }
 
-/// The `pigeonair` binary: in bench mode built here with `cargo build --release`; in
-/// test mode the one cargo built for this test run.
-fn pigeonair_binary(bench_mode: bool) -> PathBuf {
-    if !bench_mode {
-        return PathBuf::from(env!("CARGO_BIN_EXE_pigeonair"));
-    }
-    let manifest_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
-    eprintln!("ldap_load: cargo build --release --bin pigeonair");
-    let status = Command::new(env!("CARGO"))
-        .args([
-            "build",
-            "--release",
-            "--bin",
-            "pigeonair",
-            "--manifest-path",
-        ])
-        .arg(manifest_dir.join("Cargo.toml"))
-        .status()
-        .expect("running cargo build");
-    assert!(
-        status.success(),
-        "cargo build --release --bin pigeonair failed"
-    );
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| manifest_dir.join("target"));
-    let bin = target.join("release/pigeonair");
-    assert!(bin.exists(), "{} is missing after the build", bin.display());
-    bin
-}
-
 // ---------------------------------------------------------------------------------
 // slapd installation
 
@@ -209,25 +180,16 @@ struct OpenLdap {
     schema: PathBuf,
 }
 
-fn find_program(name: &str) -> Option<PathBuf> {
-    let mut dirs: Vec<PathBuf> = ["/usr/sbin", "/usr/local/sbin", "/usr/local/libexec"]
-        .iter()
-        .map(PathBuf::from)
-        .collect();
-    if let Some(path) = std::env::var_os("PATH") {
-        dirs.extend(std::env::split_paths(&path));
-    }
-    dirs.into_iter().map(|d| d.join(name)).find(|p| p.is_file())
-}
-
 /// Find slapd, slapadd, the argon2 module and the schema files; panics with how to
 /// install them when something is missing.
 fn find_openldap() -> OpenLdap {
     const INSTALL: &str = "this benchmark compares PigeonAir with OpenLDAP's slapd and needs it \
          installed: `apt-get install -y slapd` (Debian/Ubuntu; it provides slapd, slapadd, \
          the back_mdb and argon2 modules in /usr/lib/ldap and the schema in /etc/ldap/schema)";
-    let slapd = find_program("slapd").unwrap_or_else(|| panic!("slapd not found; {INSTALL}"));
-    let slapadd = find_program("slapadd").unwrap_or_else(|| panic!("slapadd not found; {INSTALL}"));
+    let slapd =
+        common::find_program("slapd").unwrap_or_else(|| panic!("slapd not found; {INSTALL}"));
+    let slapadd =
+        common::find_program("slapadd").unwrap_or_else(|| panic!("slapadd not found; {INSTALL}"));
     let modules = [
         "/usr/lib/ldap",
         "/usr/lib64/openldap",
@@ -255,51 +217,6 @@ fn find_openldap() -> OpenLdap {
 
 // ---------------------------------------------------------------------------------
 // Processes
-
-/// Run a one-shot command to completion, killing it after `timeout`; its stdout.
-fn run_within(mut cmd: Command, timeout: Duration) -> Result<String, String> {
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("spawn: {e}"))?;
-    let mut out = child.stdout.take().expect("piped");
-    let mut err = child.stderr.take().expect("piped");
-    let to = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = out.read_to_string(&mut s);
-        s
-    });
-    let te = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = err.read_to_string(&mut s);
-        s
-    });
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(s)) => break Some(s),
-            Ok(None) if Instant::now() >= deadline => {
-                let _ = child.kill();
-                let _ = child.wait();
-                break None;
-            }
-            Ok(None) => std::thread::sleep(Duration::from_millis(5)),
-            Err(e) => return Err(format!("wait: {e}")),
-        }
-    };
-    let stdout = to.join().unwrap_or_default();
-    let stderr = te.join().unwrap_or_default();
-    match status {
-        None => Err(format!(
-            "timed out after {timeout:?}; stderr: {}",
-            stderr.trim()
-        )),
-        Some(s) if s.success() => Ok(stdout),
-        Some(s) => Err(format!("{s}; stderr: {}", stderr.trim())),
-    }
-}
 
 /// A long-running child (a PigeonAir node or slapd) and where its stderr goes.
 struct Proc {
@@ -346,18 +263,6 @@ fn log_tail(path: &Path, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
-fn line_channel(stdout: std::process::ChildStdout) -> Receiver<String> {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            // Keep draining after the receiver is gone so the child never blocks on stdout.
-            let _ = tx.send(line);
-        }
-    });
-    rx
-}
-
 impl Lab {
     fn new(keep: bool) -> Lab {
         let dir = tempfile::Builder::new()
@@ -387,7 +292,7 @@ impl Lab {
             .stderr(Stdio::from(file))
             .spawn()
             .unwrap_or_else(|e| panic!("spawning {name}: {e}"));
-        let lines = line_channel(child.stdout.take().expect("piped"));
+        let lines = common::line_channel(child.stdout.take().expect("piped"));
         self.procs.push(Proc {
             name: name.to_string(),
             log,
@@ -515,7 +420,8 @@ fn start_slapd(lab: &mut Lab, ol: &OpenLdap, accounts_ldif: &Path, admin_hash: &
     let slapadd = |ldif: &Path, timeout: Duration| {
         let mut c = Command::new(&ol.slapadd);
         c.arg("-f").arg(&conf).arg("-q").arg("-l").arg(ldif);
-        run_within(c, timeout).unwrap_or_else(|e| panic!("slapadd -l {}: {e}", ldif.display()))
+        common::run_within(c, timeout)
+            .unwrap_or_else(|e| panic!("slapadd -l {}: {e}", ldif.display()))
     };
     slapadd(&base, COMMAND_TIMEOUT);
     let t = Instant::now();
@@ -638,7 +544,7 @@ impl PigeonAir {
     }
 
     fn cli(&self, node: &PaNode, args: &[&str], timeout: Duration) -> String {
-        run_within(self.cmd(args, &node.config), timeout)
+        common::run_within(self.cmd(args, &node.config), timeout)
             .unwrap_or_else(|e| panic!("pigeonair {} ({}): {e}", args.join(" "), node.name))
     }
 
@@ -724,7 +630,7 @@ impl PigeonAir {
     }
 
     fn status(&self, via: &PaNode) -> Result<StatusView, String> {
-        let out = run_within(
+        let out = common::run_within(
             self.cmd(&["status", "--json"], &via.config),
             COMMAND_TIMEOUT,
         )?;
@@ -1333,7 +1239,7 @@ fn print_goals(results: &[(Row, [Measure; 3])]) -> bool {
 fn main() {
     let o = opts();
     let ol = find_openldap();
-    let bin = pigeonair_binary(o.bench_mode);
+    let bin = common::pigeonair_binary(o.bench_mode, "ldap_load");
     let pa = PigeonAir { bin };
     let mut lab = Lab::new(o.keep);
     eprintln!(
