@@ -876,6 +876,7 @@ fn export(
             size_limit: 0,
             deadline: None,
             view: None,
+            subordinates: false,
         },
         |_, e| {
             let attrs: Vec<(String, Vec<u8>)> = e

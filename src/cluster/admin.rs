@@ -165,6 +165,7 @@ pub async fn handle(cluster: &std::sync::Arc<Cluster>, req: AdminRequest) -> Adm
                 size_limit: 0,
                 deadline: None,
                 view: None,
+                subordinates: false,
             };
             match view.search(&req, |_, e| {
                 tokens.extend(join::token_info(&e));
@@ -211,6 +212,7 @@ pub async fn handle(cluster: &std::sync::Arc<Cluster>, req: AdminRequest) -> Adm
                 size_limit: 0,
                 deadline: None,
                 view: None,
+                subordinates: false,
             };
             match view.search(&req, |_, _| {
                 n += 1;

@@ -707,6 +707,13 @@ pub struct Acl {
 }
 
 impl Acl {
+    /// True when some rule's filter can look at attribute `name`.
+    pub fn filters_mention(&self, name: &str) -> bool {
+        self.rules
+            .iter()
+            .any(|r| r.what.filter.as_ref().is_some_and(|f| f.mentions(name)))
+    }
+
     /// The default rules ([`DEFAULT_RULES`]) for a naming context, given by its DN key
     /// (a DN string is accepted too). A suffix the rules cannot be written for gives an
     /// empty rule set: nobody but cluster administrators gets anything.

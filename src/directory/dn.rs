@@ -105,6 +105,11 @@ impl Dn {
         self.rdns.is_empty()
     }
 
+    /// The number of RDNs (0 for the root).
+    pub fn depth(&self) -> usize {
+        self.rdns.len()
+    }
+
     /// The DN one level up; the root's parent is the root.
     pub fn parent(&self) -> Dn {
         Dn {

@@ -136,6 +136,25 @@ impl Filter {
         out
     }
 
+    /// True when the filter can look at attribute `name` (by its name, compared ASCII
+    /// case-insensitively; an extensible match without an attribute looks at all).
+    pub fn mentions(&self, name: &str) -> bool {
+        match self {
+            Filter::And(fs) | Filter::Or(fs) => fs.iter().any(|f| f.mentions(name)),
+            Filter::Not(f) => f.mentions(name),
+            Filter::Equality(a, _)
+            | Filter::GreaterOrEqual(a, _)
+            | Filter::LessOrEqual(a, _)
+            | Filter::Approx(a, _)
+            | Filter::Present(a)
+            | Filter::Substrings { attr: a, .. }
+            | Filter::Extensible { attr: Some(a), .. } => {
+                a.split(';').next().unwrap_or(a).eq_ignore_ascii_case(name)
+            }
+            Filter::Extensible { attr: None, .. } => true,
+        }
+    }
+
     fn collect_attributes<'a>(&'a self, seen: &mut HashSet<String>, out: &mut Vec<&'a str>) {
         let attr: &str = match self {
             Filter::And(fs) | Filter::Or(fs) => {

@@ -223,6 +223,32 @@ pub struct SearchRequest<'a> {
     /// What the caller may search of an entry (`None`: the entry is hidden from it);
     /// the filter is evaluated on that view. `None` here: everything is visible.
     pub view: Option<&'a dyn Fn(&StoredEntry) -> Option<StoredEntry>>,
+    /// Fill in `hasSubordinates` (one more lookup per entry): only when the filter, the
+    /// access rules or the requested attributes can see it. `entryDN` and
+    /// `subschemaSubentry` cost nothing and are always there.
+    pub subordinates: bool,
+}
+
+/// The entries a search will read, found before any is read: from the indexes, the
+/// base alone, or every DN key under the base.
+pub struct SearchPlan {
+    base_key: String,
+    base_depth: usize,
+    ids: Vec<u64>,
+    /// The ids come from an index (id order), not from a DN scan (DN order).
+    indexed: bool,
+}
+
+impl SearchPlan {
+    /// How many entries the search will read at most.
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    /// True when the search reads nothing.
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
 }
 
 /// Settings of a directory (from the node's configuration).
@@ -327,7 +353,7 @@ impl Directory {
     pub fn view(&self) -> Result<DirView<'_>, DirError> {
         Ok(DirView {
             dir: self,
-            r: self.store.read()?,
+            r: self.store.snapshot()?,
         })
     }
 
@@ -1108,7 +1134,7 @@ pub fn hash_clear_passwords(attr: &str, values: &mut [Vec<u8>]) {
 /// A consistent snapshot of the directory for reading.
 pub struct DirView<'d> {
     dir: &'d Directory,
-    r: ReadView,
+    r: std::sync::Arc<ReadView>,
 }
 
 /// What a search produced besides the entries it handed over.
@@ -1135,28 +1161,30 @@ impl DirView<'_> {
         let Some(mut e) = self.r.entry(id)? else {
             return Ok(None);
         };
-        self.add_virtual(&mut e)?;
+        self.add_virtual(&mut e, true)?;
         Ok(Some(e))
     }
 
-    fn add_virtual(&self, e: &mut StoredEntry) -> Result<(), DirError> {
-        let subs = self.r.has_children(&e.key)?;
+    fn add_virtual(&self, e: &mut StoredEntry, subordinates: bool) -> Result<(), DirError> {
         e.set("entryDN", vec![e.dn.clone().into_bytes()]);
-        e.set(
-            "hasSubordinates",
-            vec![if subs {
-                b"TRUE".to_vec()
-            } else {
-                b"FALSE".to_vec()
-            }],
-        );
+        if subordinates {
+            let subs = self.r.has_children(&e.key)?;
+            e.set(
+                "hasSubordinates",
+                vec![if subs {
+                    b"TRUE".to_vec()
+                } else {
+                    b"FALSE".to_vec()
+                }],
+            );
+        }
         e.set("subschemaSubentry", vec![SUBSCHEMA_DN.as_bytes().to_vec()]);
         Ok(())
     }
 
     /// The deepest existing ancestor of a DN (for noSuchObject's matchedDN).
     pub fn matched(&self, dn: &Dn) -> Result<String, DirError> {
-        self.dir.matched(&self.r, dn)
+        self.dir.matched(&*self.r, dn)
     }
 
     /// Search: calls `each` with every matching entry (virtual attributes filled in), in
@@ -1165,8 +1193,15 @@ impl DirView<'_> {
     pub fn search(
         &self,
         req: &SearchRequest<'_>,
-        mut each: impl FnMut(u64, StoredEntry) -> bool,
+        each: impl FnMut(u64, StoredEntry) -> bool,
     ) -> Result<SearchEnd, DirError> {
+        let plan = self.plan(req)?;
+        self.run(req, plan, each)
+    }
+
+    /// The first half of [`DirView::search`]: which entries it will read (the base must
+    /// exist).
+    pub fn plan(&self, req: &SearchRequest<'_>) -> Result<SearchPlan, DirError> {
         let base = Dn::parse(req.base).map_err(|e| Violation::InvalidDn(e.to_string()))?;
         let base_key = self.dir.schema.dn_key(&base)?;
         let Some(base_id) = self.r.id_of(&base_key)? else {
@@ -1175,44 +1210,56 @@ impl DirView<'_> {
             });
         };
         let base_depth = base_key.matches('\0').count();
-        let in_scope = |key: &str| -> bool {
-            match req.scope {
-                Scope::Base => key == base_key,
-                Scope::One => {
-                    key.starts_with(&base_key) && key.matches('\0').count() == base_depth + 1
+        let schema = &self.dir.schema;
+        let (ids, indexed) = if req.scope == Scope::Base {
+            (vec![base_id], false)
+        } else {
+            match self.dir.indexes.candidates(schema, &*self.r, req.filter)? {
+                Some(cands) => (cands, true),
+                None => {
+                    let ids = self
+                        .r
+                        .scan_prefix(&base_key)?
+                        .into_iter()
+                        .filter(|(k, _)| in_scope(req.scope, &base_key, base_depth, k))
+                        .map(|(_, id)| id)
+                        .collect();
+                    (ids, false)
                 }
-                Scope::Subtree => key.starts_with(&base_key),
             }
         };
+        Ok(SearchPlan {
+            base_key,
+            base_depth,
+            ids,
+            indexed,
+        })
+    }
+
+    /// The second half of [`DirView::search`]: read, check and hand over the planned
+    /// entries.
+    pub fn run(
+        &self,
+        req: &SearchRequest<'_>,
+        plan: SearchPlan,
+        mut each: impl FnMut(u64, StoredEntry) -> bool,
+    ) -> Result<SearchEnd, DirError> {
         let schema = &self.dir.schema;
-        let ids: Vec<u64> = match (
-            req.scope,
-            self.dir.indexes.candidates(schema, &self.r, req.filter)?,
-        ) {
-            (Scope::Base, _) => vec![base_id],
-            (_, Some(cands)) => cands,
-            (_, None) => self
-                .r
-                .scan_prefix(&base_key)?
-                .into_iter()
-                .filter(|(k, _)| in_scope(k))
-                .map(|(_, id)| id)
-                .collect(),
-        };
         let mut delivered = 0usize;
+        // Index candidates come in id order; they are handed over in DN order like a
+        // scan, so they are collected first. A scan is already in DN order and streams.
         let mut ordered: Vec<(String, u64, StoredEntry)> = Vec::new();
-        let indexed = req.scope != Scope::Base && ids.first().is_some();
-        for (n, id) in ids.into_iter().enumerate() {
+        for (n, id) in plan.ids.into_iter().enumerate() {
             if n % 256 == 0 && req.deadline.is_some_and(|d| Instant::now() >= d) {
                 return Err(DirError::TimeLimit);
             }
             let Some(mut e) = self.r.entry(id)? else {
                 continue;
             };
-            if !in_scope(&e.key) {
+            if !in_scope(req.scope, &plan.base_key, plan.base_depth, &e.key) {
                 continue;
             }
-            self.add_virtual(&mut e)?;
+            self.add_virtual(&mut e, req.subordinates)?;
             let visible = match req.view {
                 Some(view) => view(&e).is_some_and(|seen| eval::matches(schema, req.filter, &seen)),
                 None => eval::matches(schema, req.filter, &e),
@@ -1220,7 +1267,7 @@ impl DirView<'_> {
             if !visible {
                 continue;
             }
-            if indexed {
+            if plan.indexed {
                 ordered.push((e.key.clone(), id, e));
                 continue;
             }
@@ -1232,7 +1279,6 @@ impl DirView<'_> {
                 return Ok(SearchEnd::Stopped);
             }
         }
-        // Index candidates come in id order; hand them over in DN order like a scan.
         ordered.sort_by(|a, b| a.0.cmp(&b.0));
         for (_, id, e) in ordered {
             if req.size_limit > 0 && delivered >= req.size_limit {
@@ -1244,5 +1290,14 @@ impl DirView<'_> {
             }
         }
         Ok(SearchEnd::Complete)
+    }
+}
+
+/// Is the DN key `key` within `scope` of the base (key `base_key`, `base_depth` RDNs)?
+fn in_scope(scope: Scope, base_key: &str, base_depth: usize, key: &str) -> bool {
+    match scope {
+        Scope::Base => key == base_key,
+        Scope::One => key.starts_with(base_key) && key.matches('\0').count() == base_depth + 1,
+        Scope::Subtree => key.starts_with(base_key),
     }
 }

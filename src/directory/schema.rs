@@ -648,8 +648,35 @@ pub enum Violation {
 pub struct Schema {
     attrs: Vec<AttributeType>,
     classes: Vec<ObjectClass>,
-    attr_by_name: HashMap<String, usize>,
-    class_by_name: HashMap<String, usize>,
+    attr_by_name: NameMap,
+    class_by_name: NameMap,
+}
+
+/// Lower-cased names and OIDs to indexes. Looked up for every attribute of every entry a
+/// search reads, so hashed with FNV-1a (the keys are short and come from the schema
+/// files, not from clients) rather than the default SipHash.
+type NameMap = HashMap<String, usize, std::hash::BuildHasherDefault<Fnv>>;
+
+/// The 64-bit FNV-1a hash.
+#[derive(Debug, Clone, Copy)]
+pub struct Fnv(u64);
+
+impl Default for Fnv {
+    fn default() -> Fnv {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl std::hash::Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 ^= b as u64;
+            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
 }
 
 impl Schema {
@@ -821,16 +848,12 @@ impl Schema {
     /// `;binary` are ignored.
     pub fn attr(&self, name: &str) -> Option<&AttributeType> {
         let base = name.split(';').next().unwrap_or(name);
-        self.attr_by_name
-            .get(&base.to_ascii_lowercase())
-            .map(|&i| &self.attrs[i])
+        lookup_folded(&self.attr_by_name, base).map(|i| &self.attrs[i])
     }
 
     /// Look up an object class by name or OID (case-insensitive).
     pub fn class(&self, name: &str) -> Option<&ObjectClass> {
-        self.class_by_name
-            .get(&name.to_ascii_lowercase())
-            .map(|&i| &self.classes[i])
+        lookup_folded(&self.class_by_name, name).map(|i| &self.classes[i])
     }
 
     /// Every attribute type, in definition order.
@@ -845,10 +868,15 @@ impl Schema {
 
     /// True when `attr` is `ancestor` or a subtype of it.
     pub fn is_subtype(&self, attr: &AttributeType, ancestor: &AttributeType) -> bool {
+        self.is_subtype_of(attr, &ancestor.oid)
+    }
+
+    /// True when `attr` is the type with numeric OID `ancestor_oid` or a subtype of it.
+    pub fn is_subtype_of(&self, attr: &AttributeType, ancestor_oid: &str) -> bool {
         let mut cur = Some(attr);
         for _ in 0..32 {
             match cur {
-                Some(a) if a.oid == ancestor.oid => return true,
+                Some(a) if a.oid == ancestor_oid => return true,
                 Some(a) => cur = a.sup.as_deref().and_then(|s| self.attr(s)),
                 None => return false,
             }
@@ -1496,6 +1524,21 @@ fn parse_class(body: &str) -> Result<ObjectClass, String> {
         may: d.get("MAY").cloned().unwrap_or_default(),
         definition: body.to_string(),
     })
+}
+
+/// Look up a lower-cased name without allocating for the common short names (this runs
+/// for every attribute of every entry a search touches).
+fn lookup_folded(map: &NameMap, name: &str) -> Option<usize> {
+    let mut buf = [0u8; 64];
+    if name.len() <= buf.len() {
+        let folded = &mut buf[..name.len()];
+        folded.copy_from_slice(name.as_bytes());
+        folded.make_ascii_lowercase();
+        // ASCII lower-casing keeps valid UTF-8 valid.
+        let key = std::str::from_utf8(folded).ok()?;
+        return map.get(key).copied();
+    }
+    map.get(&name.to_ascii_lowercase()).copied()
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@
 //! returns, the change is on disk (fsync), and a crash leaves all of a batch or none.
 
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 
 use redb::{
     Database, Durability, MultimapTableDefinition, ReadOnlyMultimapTable, ReadOnlyTable,
@@ -48,6 +49,16 @@ store_err!(
 /// The directory's database file.
 pub struct Store {
     db: Database,
+    shared: Arc<Mutex<SharedView>>,
+}
+
+/// The read snapshot that readers share until the next commit (see [`Store::snapshot`]).
+#[derive(Default)]
+struct SharedView {
+    /// Bumped by every commit.
+    generation: u64,
+    /// A snapshot taken at `generation`, if one was taken since the last commit.
+    view: Option<Arc<ReadView>>,
 }
 
 impl Store {
@@ -63,7 +74,10 @@ impl Store {
                 )),
                 other => StoreError::from(other),
             })?;
-        let store = Store { db };
+        let store = Store {
+            db,
+            shared: Arc::default(),
+        };
         // Create the tables so readers never meet a missing one.
         let w = store.write()?;
         {
@@ -88,11 +102,35 @@ impl Store {
         })
     }
 
+    /// The latest committed state, shared with other readers: a read transaction costs
+    /// a few B-tree lookups to begin, which a small search would pay on every request,
+    /// so one is kept until the next commit. Reads see every commit that returned before
+    /// they asked.
+    pub fn snapshot(&self) -> Result<Arc<ReadView>, StoreError> {
+        let generation = {
+            let shared = self.shared.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(v) = &shared.view {
+                return Ok(v.clone());
+            }
+            shared.generation
+        };
+        let view = Arc::new(self.read()?);
+        let mut shared = self.shared.lock().unwrap_or_else(|p| p.into_inner());
+        // Keep it only if no commit happened meanwhile (it might predate that commit).
+        if shared.generation == generation {
+            shared.view = Some(view.clone());
+        }
+        Ok(view)
+    }
+
     /// A write batch; nothing is visible to readers until [`WriteBatch::commit`].
     pub fn write(&self) -> Result<WriteBatch, StoreError> {
         let mut txn = self.db.begin_write()?;
         txn.set_durability(Durability::Immediate)?;
-        Ok(WriteBatch { txn })
+        Ok(WriteBatch {
+            txn,
+            shared: self.shared.clone(),
+        })
     }
 
     /// A write batch whose commit is not synced: for bulk imports, which finish with one
@@ -100,7 +138,10 @@ impl Store {
     pub fn write_unsynced(&self) -> Result<WriteBatch, StoreError> {
         let mut txn = self.db.begin_write()?;
         txn.set_durability(Durability::None)?;
-        Ok(WriteBatch { txn })
+        Ok(WriteBatch {
+            txn,
+            shared: self.shared.clone(),
+        })
     }
 
     /// Make every earlier unsynced commit durable.
@@ -235,6 +276,7 @@ impl Reader for ReadView {
 /// One atomic change to the directory.
 pub struct WriteBatch {
     txn: WriteTransaction,
+    shared: Arc<Mutex<SharedView>>,
 }
 
 impl Reader for WriteBatch {
@@ -377,6 +419,10 @@ impl WriteBatch {
     /// Commit: durable when this returns, unless made with [`Store::write_unsynced`].
     pub fn commit(self) -> Result<(), StoreError> {
         self.txn.commit()?;
+        // Readers that ask from now on must see this commit.
+        let mut shared = self.shared.lock().unwrap_or_else(|p| p.into_inner());
+        shared.generation += 1;
+        shared.view = None;
         Ok(())
     }
 }

@@ -46,6 +46,12 @@ impl<'d> Checker<'d> {
         })
     }
 
+    /// The snapshot of the replica this checker reads (one per request: searches read
+    /// their entries from it too).
+    pub fn view(&self) -> &DirView<'d> {
+        &self.lookups
+    }
+
     /// Run `f` with an access context over this checker's snapshot.
     pub fn with<R>(&self, f: impl FnOnce(&Acl, &Requester, &dyn AclContext) -> R) -> R {
         let lookup = |dn: &str| self.lookups.find(dn).ok().flatten();

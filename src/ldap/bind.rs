@@ -277,6 +277,7 @@ fn entries_with(
         size_limit: 2,
         deadline: None,
         view: None,
+        subordinates: false,
     };
     let _ = view.search(&req, |_, e| {
         found.push(e.dn);

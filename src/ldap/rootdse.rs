@@ -14,6 +14,11 @@ pub fn special_entry(ctx: &LdapContext, base: &str, scope: Scope) -> Option<Stor
     if dn.is_root() {
         return (scope == Scope::Base).then(|| root_dse(ctx));
     }
+    // The subschema subentry has one RDN; a longer DN cannot name it (this runs before
+    // every search, so the common case stops here).
+    if dn.depth() != 1 {
+        return None;
+    }
     let schema = ctx.dir.schema();
     let key = schema.dn_key(&dn).ok()?;
     let sub_key = schema.dn_key(&Dn::parse(SUBSCHEMA_DN).ok()?).ok()?;

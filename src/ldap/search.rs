@@ -66,11 +66,7 @@ impl Selection {
         } else if self.all_user {
             return true;
         }
-        self.named.iter().any(|oid| {
-            schema
-                .attr(oid)
-                .is_some_and(|want| schema.is_subtype(at, want))
-        })
+        self.named.iter().any(|oid| schema.is_subtype_of(at, oid))
     }
 }
 
@@ -208,39 +204,115 @@ pub async fn handle(
                 .await
         }
         None => {
-            let (dir, ctx2, who) = (ctx.dir.clone(), ctx.clone(), who.clone());
-            let r = reply.clone();
+            let subordinates = sel.wants(&schema, "hasSubordinates")
+                || filter.mentions("hasSubordinates")
+                || (!who.admin && live.acl.filters_mention("hasSubordinates"));
+            let job = Job {
+                base,
+                scope,
+                filter,
+                sel,
+                size_limit,
+                deadline,
+                subordinates,
+            };
+            // A small search (the base alone, or a few index candidates) runs right here
+            // on the connection's task: handing it to a blocking thread and back costs
+            // more than the search. Anything larger goes to a blocking thread.
+            let mut out = Vec::new();
+            let inline = job.execute(ctx, who, reply, Some(INLINE_MAX), &mut |bytes| {
+                out.extend_from_slice(&bytes);
+                true
+            });
+            if let Some(outcome) = inline {
+                reply.send_bytes(out).await;
+                return finish(reply, Ok(outcome), None).await;
+            }
+            let (ctx2, who, r) = (ctx.clone(), who.clone(), reply.clone());
             let outcome = tokio::task::spawn_blocking(move || {
-                let checker = Checker::new(&ctx2, &dir, &who)?;
-                checker.visible(&base)?;
-                let view = dir.view()?;
-                let schema = dir.schema();
-                checker.with(|acl, req_who, actx| {
-                    let see = |e: &StoredEntry| acl.searchable_entry(schema, req_who, e, actx);
-                    let req = directory::SearchRequest {
-                        base: &base,
-                        scope,
-                        filter: &filter,
-                        size_limit,
-                        deadline,
-                        view: Some(&see),
-                    };
-                    view.search(&req, |_, e| {
-                        match acl.readable_entry(schema, req_who, &e, actx) {
-                            Some(readable) => {
-                                let readable = for_service(&ctx2, req_who, readable);
-                                r.send_blocking(ProtocolOp::SearchResEntry(render(
-                                    schema, &readable, &sel,
-                                )))
-                            }
-                            None => true,
-                        }
-                    })
+                job.execute(&ctx2, &who, &r, None, &mut |bytes| {
+                    r.send_bytes_blocking(bytes)
                 })
+                .unwrap_or(Ok(directory::SearchEnd::Complete))
             })
             .await;
             finish(reply, outcome, None).await;
         }
+    }
+}
+
+/// At most this many candidate entries are searched on the connection's own task.
+const INLINE_MAX: usize = 16;
+
+/// A search with everything it needs to run on any thread.
+struct Job {
+    base: String,
+    scope: Scope,
+    filter: Filter,
+    sel: Selection,
+    size_limit: usize,
+    deadline: Option<Instant>,
+    subordinates: bool,
+}
+
+impl Job {
+    /// Run the search in one snapshot, handing each encoded entry to `sink` (which
+    /// returns false to stop). With `inline_max`, a search that would read more
+    /// entries than that is not started: `None`.
+    fn execute(
+        &self,
+        ctx: &Arc<LdapContext>,
+        who: &Identity,
+        reply: &Reply,
+        inline_max: Option<usize>,
+        sink: &mut dyn FnMut(Vec<u8>) -> bool,
+    ) -> Option<Result<directory::SearchEnd, DirError>> {
+        let dir = &ctx.dir;
+        let checker = match Checker::new(ctx, dir, who) {
+            Ok(c) => c,
+            Err(e) => return Some(Err(e)),
+        };
+        // Administrators see every entry; for them a missing base is answered by the
+        // search itself (noSuchObject with the matched DN).
+        if !checker.who.admin {
+            if let Err(e) = checker.visible(&self.base) {
+                return Some(Err(e));
+            }
+        }
+        let view = checker.view();
+        let schema = dir.schema();
+        checker.with(|acl, req_who, actx| {
+            let see = |e: &StoredEntry| acl.searchable_entry(schema, req_who, e, actx);
+            let req = directory::SearchRequest {
+                base: &self.base,
+                scope: self.scope,
+                filter: &self.filter,
+                size_limit: self.size_limit,
+                deadline: self.deadline,
+                view: if req_who.admin { None } else { Some(&see) },
+                subordinates: self.subordinates,
+            };
+            let plan = match view.plan(&req) {
+                Ok(p) => p,
+                Err(e) => return Some(Err(e)),
+            };
+            if inline_max.is_some_and(|max| plan.len() > max) {
+                return None;
+            }
+            Some(view.run(&req, plan, |_, e| {
+                let op = if req_who.admin {
+                    render(schema, &e, &self.sel)
+                } else {
+                    match acl.readable_entry(schema, req_who, &e, actx) {
+                        Some(readable) => {
+                            render(schema, &for_service(ctx, req_who, readable), &self.sel)
+                        }
+                        None => return true,
+                    }
+                };
+                sink(reply.encode(ProtocolOp::SearchResEntry(op)))
+            }))
+        })
     }
 }
 
@@ -304,7 +376,7 @@ async fn paged(
         let ids = tokio::task::spawn_blocking(move || {
             let checker = Checker::new(&ctx2, &dir, &who)?;
             checker.visible(&b)?;
-            let view = dir.view()?;
+            let view = checker.view();
             let schema = dir.schema();
             let mut ids = Vec::new();
             checker.with(|acl, req_who, actx| {
@@ -316,6 +388,8 @@ async fn paged(
                     size_limit,
                     deadline,
                     view: Some(&see),
+                    subordinates: f.mentions("hasSubordinates")
+                        || acl.filters_mention("hasSubordinates"),
                 };
                 match view.search(&req, |id, _| {
                     ids.push(id);
@@ -391,8 +465,8 @@ async fn paged(
                 }
                 if let Some(readable) = acl.readable_entry(schema, req_who, &e, actx) {
                     let readable = for_service(&ctx2, req_who, readable);
-                    if !r.send_blocking(ProtocolOp::SearchResEntry(render(schema, &readable, &sel)))
-                    {
+                    let op = ProtocolOp::SearchResEntry(render(schema, &readable, &sel));
+                    if !r.send_bytes_blocking(r.encode(op)) {
                         return Ok(directory::SearchEnd::Stopped);
                     }
                 }

@@ -37,15 +37,25 @@ impl Reply {
         let _ = self.tx.send(codec::encode(&msg)).await;
     }
 
-    /// Send from a blocking thread; false when the connection is gone or the operation
-    /// was abandoned.
-    pub fn send_blocking(&self, op: ProtocolOp) -> bool {
+    /// The encoding of one response message to this request (for [`Reply::send_bytes`]).
+    pub fn encode(&self, op: ProtocolOp) -> Vec<u8> {
+        codec::encode(&LdapMessage::new(self.id, op))
+    }
+
+    /// Send already encoded response messages (one or more, back to back) in one piece.
+    pub async fn send_bytes(&self, bytes: Vec<u8>) {
+        if !bytes.is_empty() {
+            let _ = self.tx.send(bytes).await;
+        }
+    }
+
+    /// Send encoded messages from a blocking thread; false when the connection is gone
+    /// or the operation was abandoned.
+    pub fn send_bytes_blocking(&self, bytes: Vec<u8>) -> bool {
         if self.cancelled.load(Ordering::Relaxed) {
             return false;
         }
-        self.tx
-            .blocking_send(codec::encode(&LdapMessage::new(self.id, op)))
-            .is_ok()
+        self.tx.blocking_send(bytes).is_ok()
     }
 
     /// True when the client abandoned the operation.
@@ -110,7 +120,16 @@ where
     let (mut rd, mut wr) = tokio::io::split(stream);
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(256);
     let writer = tokio::spawn(async move {
-        while let Some(bytes) = rx.recv().await {
+        // Responses already queued go out in one write (one segment, one wake-up of the
+        // client) instead of one write each.
+        const COALESCE: usize = 64 * 1024;
+        while let Some(mut bytes) = rx.recv().await {
+            while bytes.len() < COALESCE {
+                match rx.try_recv() {
+                    Ok(more) => bytes.extend_from_slice(&more),
+                    Err(_) => break,
+                }
+            }
             if wr.write_all(&bytes).await.is_err() {
                 break;
             }

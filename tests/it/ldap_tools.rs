@@ -952,6 +952,23 @@ fn operational_attributes_of_an_added_entry() {
     // A parent has subordinates; a modify by alice updates modifiersName.
     let people = read_entry(&node, PEOPLE, &["hasSubordinates"]);
     assert_eq!(people.one("hasSubordinates"), "TRUE");
+    // A filter on it sees it too, without asking for the attribute: the parent matches
+    // TRUE and not FALSE, the leaf the other way round.
+    for (filter, want) in [
+        ("(hasSubordinates=TRUE)", vec![PEOPLE.to_string()]),
+        ("(hasSubordinates=FALSE)", vec![dn.clone()]),
+    ] {
+        let mut found: Vec<String> = [PEOPLE, dn.as_str()]
+            .into_iter()
+            .filter(|base| {
+                !search_ok(&node, admin(&node), &["-b", base, "-s", "base", filter, "1.1"])
+                    .is_empty()
+            })
+            .map(str::to_string)
+            .collect();
+        found.sort();
+        assert_eq!(found, want, "{filter}");
+    }
     let alice_dn = node.alice().dn.clone();
     let out = tool_input(
         &node,
