@@ -83,7 +83,9 @@ pub struct NodeConfig {
 pub struct DirectoryConfig {
     /// The naming context.
     pub suffix: String,
-    /// redb page cache, in MiB.
+    /// redb page cache, in MiB. 0 (the default): a quarter of the machine's memory, at
+    /// least 64 MiB. The cache only takes memory for pages actually read, so a directory
+    /// smaller than that stays wholly in memory and costs only its own size.
     pub cache_mb: usize,
     /// A directory of `*.schema` files to load instead of the built-in schema.
     pub schema_dir: Option<PathBuf>,
@@ -175,11 +177,31 @@ pub fn default_indexes() -> BTreeMap<String, String> {
     .collect()
 }
 
+impl DirectoryConfig {
+    /// The redb cache size in bytes (see [`DirectoryConfig::cache_mb`]).
+    pub fn cache_bytes(&self) -> usize {
+        const MIB: usize = 1 << 20;
+        if self.cache_mb > 0 {
+            return self.cache_mb.saturating_mul(MIB);
+        }
+        let total = std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|m| {
+                m.lines()
+                    .find_map(|l| l.strip_prefix("MemTotal:"))
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<usize>().ok())
+            })
+            .map(|kib| kib.saturating_mul(1024))
+            .unwrap_or(0);
+        (total / 4).max(64 * MIB)
+    }
+}
+
 impl Default for DirectoryConfig {
     fn default() -> Self {
         DirectoryConfig {
             suffix: "dc=pigeonair".into(),
-            cache_mb: 64,
+            cache_mb: 0,
             schema_dir: None,
             indexes: default_indexes(),
         }
@@ -241,9 +263,6 @@ impl Config {
                 "directory.suffix {:?} is not a non-empty DN",
                 self.directory.suffix
             ));
-        }
-        if self.directory.cache_mb == 0 {
-            problems.push("directory.cache_mb must be at least 1".into());
         }
         if self.ldap.max_pdu_bytes < 1024 {
             problems.push("ldap.max_pdu_bytes must be at least 1024".into());

@@ -26,7 +26,7 @@ pub fn open_directory(config: &Config) -> Result<Directory, String> {
     let settings = DirectorySettings {
         suffix: config.directory.suffix.clone(),
         indexes: config.directory.indexes.clone(),
-        cache_bytes: config.directory.cache_mb << 20,
+        cache_bytes: config.directory.cache_bytes(),
     };
     Directory::open(&config.node.data_dir, schema, &settings)
 }

@@ -144,38 +144,61 @@ pub async fn handle(
     req: SearchRequest,
     ctrls: &[Control],
 ) {
+    match start(ctx, who, reply, req, ctrls) {
+        Started::Answered(bytes) => reply.send_bytes(bytes).await,
+        Started::Pending(pending) => pending.run(ctx, who, state, reply).await,
+    }
+}
+
+/// How far [`start`] got.
+pub enum Started {
+    /// The whole answer, encoded: the request failed early, named the Root DSE or the
+    /// subschema, or was small enough to run at once.
+    Answered(Vec<u8>),
+    /// The rest runs in its own task ([`Pending::run`]).
+    Pending(Pending),
+}
+
+/// A search that [`start`] left for later: paged, or larger than [`INLINE_MAX`].
+pub struct Pending {
+    job: Job,
+    paged: Option<(usize, Vec<u8>)>,
+}
+
+/// Begin a search without blocking: answer it entirely when that is cheap (the
+/// connection then needs no task for it), otherwise say what is left to do.
+pub fn start(
+    ctx: &Arc<LdapContext>,
+    who: &Identity,
+    reply: &Reply,
+    req: SearchRequest,
+    ctrls: &[Control],
+) -> Started {
     crate::metrics::inc(&crate::metrics::LDAP_SEARCHES);
     let filter = match filter_wire::from_wire(&req.filter) {
         Ok(f) => f,
         Err(e) => {
-            reply
-                .send(done(ResultCode::ProtocolError, &e.to_string()), None)
-                .await;
-            return;
+            return Started::Answered(reply.encode(done(ResultCode::ProtocolError, &e.to_string())))
         }
     };
-    let schema = ctx.dir.schema().clone();
+    let schema = ctx.dir.schema();
     let attrs: Vec<String> = req.attributes.iter().map(|a| a.0.clone()).collect();
-    let sel = Selection::new(&schema, &attrs, req.types_only);
+    let sel = Selection::new(schema, &attrs, req.types_only);
     let scope = match req.scope {
         SearchRequestScope::BaseObject => Scope::Base,
         SearchRequestScope::SingleLevel => Scope::One,
         _ => Scope::Subtree,
     };
-    let base = req.base_object.0.clone();
+    let base = req.base_object.0;
 
     // The Root DSE and the subschema subentry are served from memory.
     if let Some(entry) = rootdse::special_entry(ctx, &base, scope) {
-        if crate::directory::eval::matches(&schema, &filter, &entry) {
-            reply
-                .send(
-                    ProtocolOp::SearchResEntry(render(&schema, &entry, &sel)),
-                    None,
-                )
-                .await;
+        let mut out = Vec::new();
+        if crate::directory::eval::matches(schema, &filter, &entry) {
+            out = reply.encode(ProtocolOp::SearchResEntry(render(schema, &entry, &sel)));
         }
-        reply.send(done(ResultCode::Success, ""), None).await;
-        return;
+        out.extend_from_slice(&reply.encode(done(ResultCode::Success, "")));
+        return Started::Answered(out);
     }
 
     let live = ctx.live();
@@ -189,55 +212,68 @@ pub async fn handle(
         time_limit = server_limit;
     }
     let deadline = (!time_limit.is_zero()).then(|| Instant::now() + time_limit);
+    let subordinates = sel.wants(schema, "hasSubordinates")
+        || filter.mentions("hasSubordinates")
+        || (!who.admin && live.acl.filters_mention("hasSubordinates"));
+    let job = Job {
+        base,
+        scope,
+        filter,
+        sel,
+        size_limit,
+        deadline,
+        subordinates,
+    };
 
     match controls::paged_request(ctrls) {
-        Some(Ok((page, cookie))) => {
-            paged(
-                ctx, who, state, reply, base, scope, filter, sel, page, cookie, size_limit,
-                deadline,
-            )
-            .await
-        }
-        Some(Err(msg)) => {
-            reply
-                .send(done(ResultCode::ProtocolError, &msg), None)
-                .await
-        }
+        Some(Ok(paged)) => Started::Pending(Pending {
+            job,
+            paged: Some(paged),
+        }),
+        Some(Err(msg)) => Started::Answered(reply.encode(done(ResultCode::ProtocolError, &msg))),
         None => {
-            let subordinates = sel.wants(&schema, "hasSubordinates")
-                || filter.mentions("hasSubordinates")
-                || (!who.admin && live.acl.filters_mention("hasSubordinates"));
-            let job = Job {
-                base,
-                scope,
-                filter,
-                sel,
-                size_limit,
-                deadline,
-                subordinates,
-            };
-            // A small search (the base alone, or a few index candidates) runs right here
-            // on the connection's task: handing it to a blocking thread and back costs
-            // more than the search. Anything larger goes to a blocking thread.
+            // A small search (the base alone, or a few index candidates) runs right
+            // here: handing it to a blocking thread and back costs more than the search.
             let mut out = Vec::new();
             let inline = job.execute(ctx, who, reply, Some(INLINE_MAX), &mut |bytes| {
                 out.extend_from_slice(&bytes);
                 true
             });
-            if let Some(outcome) = inline {
-                reply.send_bytes(out).await;
-                return finish(reply, Ok(outcome), None).await;
+            match inline {
+                Some(outcome) => {
+                    out.extend_from_slice(&reply.encode(ProtocolOp::SearchResDone(
+                        SearchResultDone(outcome_result(outcome)),
+                    )));
+                    Started::Answered(out)
+                }
+                None => Started::Pending(Pending { job, paged: None }),
             }
-            let (ctx2, who, r) = (ctx.clone(), who.clone(), reply.clone());
-            let outcome = tokio::task::spawn_blocking(move || {
-                job.execute(&ctx2, &who, &r, None, &mut |bytes| {
-                    r.send_bytes_blocking(bytes)
-                })
-                .unwrap_or(Ok(directory::SearchEnd::Complete))
-            })
-            .await;
-            finish(reply, outcome, None).await;
         }
+    }
+}
+
+impl Pending {
+    /// Finish the search: a paged one page by page, a large one on a blocking thread.
+    pub async fn run(
+        self,
+        ctx: &Arc<LdapContext>,
+        who: &Identity,
+        state: &Arc<SessionState>,
+        reply: &Reply,
+    ) {
+        let job = self.job;
+        if let Some((page, cookie)) = self.paged {
+            return paged(ctx, who, state, reply, job, page, cookie).await;
+        }
+        let (ctx2, who, r) = (ctx.clone(), who.clone(), reply.clone());
+        let outcome = tokio::task::spawn_blocking(move || {
+            job.execute(&ctx2, &who, &r, None, &mut |bytes| {
+                r.send_bytes_blocking(bytes)
+            })
+            .unwrap_or(Ok(directory::SearchEnd::Complete))
+        })
+        .await;
+        finish(reply, outcome, None).await;
     }
 }
 
@@ -325,18 +361,25 @@ async fn finish(
         return;
     }
     let result = match outcome {
-        Ok(Ok(_)) => codec::result(ResultCode::Success, "", ""),
-        Ok(Err(e)) => {
-            if matches!(e, DirError::SizeLimit | DirError::TimeLimit) {
-                crate::metrics::inc(&crate::metrics::LDAP_SEARCH_LIMITED);
-            }
-            result_of(&e)
-        }
+        Ok(outcome) => outcome_result(outcome),
         Err(_) => codec::result(ResultCode::Other, "", "search failed"),
     };
     reply
         .send(ProtocolOp::SearchResDone(SearchResultDone(result)), ctrls)
         .await;
+}
+
+/// The result of a search that ran (counting the limited ones).
+fn outcome_result(outcome: Result<directory::SearchEnd, DirError>) -> rasn_ldap::LdapResult {
+    match outcome {
+        Ok(_) => codec::result(ResultCode::Success, "", ""),
+        Err(e) => {
+            if matches!(e, DirError::SizeLimit | DirError::TimeLimit) {
+                crate::metrics::inc(&crate::metrics::LDAP_SEARCH_LIMITED);
+            }
+            result_of(&e)
+        }
+    }
 }
 
 /// The last, empty page of a paged search.
@@ -349,21 +392,24 @@ async fn empty_page(reply: &Reply) {
         .await;
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn paged(
     ctx: &Arc<LdapContext>,
     who: &Identity,
     state: &Arc<SessionState>,
     reply: &Reply,
-    base: String,
-    scope: Scope,
-    filter: Filter,
-    sel: Selection,
+    job: Job,
     page: usize,
     cookie: Vec<u8>,
-    size_limit: usize,
-    deadline: Option<Instant>,
 ) {
+    let Job {
+        base,
+        scope,
+        filter,
+        sel,
+        size_limit,
+        deadline,
+        subordinates,
+    } = job;
     const MAX_PAGED_PER_CONNECTION: usize = 16;
     let dir = ctx.dir.clone();
     let mut search = if cookie.is_empty() {
@@ -388,8 +434,7 @@ async fn paged(
                     size_limit,
                     deadline,
                     view: Some(&see),
-                    subordinates: f.mentions("hasSubordinates")
-                        || acl.filters_mention("hasSubordinates"),
+                    subordinates,
                 };
                 match view.search(&req, |id, _| {
                     ids.push(id);

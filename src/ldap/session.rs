@@ -294,6 +294,22 @@ where
                     start_tls = true;
                     break 'conn;
                 }
+                ProtocolOp::SearchRequest(req) => {
+                    // Most searches are answered on the spot, without a task of their own.
+                    match super::search::start(&ctx, &identity, &reply, req, &ctrls) {
+                        super::search::Started::Answered(bytes) => reply.send_bytes(bytes).await,
+                        super::search::Started::Pending(pending) => {
+                            outstanding.insert(id, cancelled);
+                            let ctx = ctx.clone();
+                            let who = identity.clone();
+                            let state = state.clone();
+                            tasks.spawn(async move {
+                                pending.run(&ctx, &who, &state, &reply).await;
+                                id
+                            });
+                        }
+                    }
+                }
                 op => {
                     outstanding.insert(id, cancelled);
                     let ctx = ctx.clone();
