@@ -877,6 +877,7 @@ fn export(
             deadline: None,
             view: None,
             subordinates: false,
+            keep: None,
         },
         |_, e| {
             let attrs: Vec<(String, Vec<u8>)> = e

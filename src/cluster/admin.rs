@@ -166,6 +166,7 @@ pub async fn handle(cluster: &std::sync::Arc<Cluster>, req: AdminRequest) -> Adm
                 deadline: None,
                 view: None,
                 subordinates: false,
+                keep: None,
             };
             match view.search(&req, |_, e| {
                 tokens.extend(join::token_info(&e));
@@ -213,6 +214,7 @@ pub async fn handle(cluster: &std::sync::Arc<Cluster>, req: AdminRequest) -> Adm
                 deadline: None,
                 view: None,
                 subordinates: false,
+                keep: None,
             };
             match view.search(&req, |_, _| {
                 n += 1;

@@ -707,6 +707,18 @@ pub struct Acl {
 }
 
 impl Acl {
+    /// Every attribute the rules' filters name; `None` when one can look at any.
+    pub fn filter_attributes(&self) -> Option<Vec<&str>> {
+        let mut out = Vec::new();
+        for f in self.rules.iter().filter_map(|r| r.what.filter.as_ref()) {
+            if f.reads_every_attribute() {
+                return None;
+            }
+            out.extend(f.attributes());
+        }
+        Some(out)
+    }
+
     /// True when some rule's filter can look at attribute `name`.
     pub fn filters_mention(&self, name: &str) -> bool {
         self.rules

@@ -155,6 +155,17 @@ impl Filter {
         }
     }
 
+    /// True when the filter can look at every attribute (an extensible match without
+    /// an attribute type).
+    pub fn reads_every_attribute(&self) -> bool {
+        match self {
+            Filter::And(fs) | Filter::Or(fs) => fs.iter().any(|f| f.reads_every_attribute()),
+            Filter::Not(f) => f.reads_every_attribute(),
+            Filter::Extensible { attr: None, .. } => true,
+            _ => false,
+        }
+    }
+
     fn collect_attributes<'a>(&'a self, seen: &mut HashSet<String>, out: &mut Vec<&'a str>) {
         let attr: &str = match self {
             Filter::And(fs) | Filter::Or(fs) => {

@@ -227,6 +227,9 @@ pub struct SearchRequest<'a> {
     /// access rules or the requested attributes can see it. `entryDN` and
     /// `subschemaSubentry` cost nothing and are always there.
     pub subordinates: bool,
+    /// Read only the stored attributes this accepts (by name) of each entry: those the
+    /// filter, the access rules and the answer need. `None`: all of them.
+    pub keep: Option<&'a dyn Fn(&str) -> bool>,
 }
 
 /// The entries a search will read, found before any is read: from the indexes, the
@@ -1253,7 +1256,11 @@ impl DirView<'_> {
             if n % 256 == 0 && req.deadline.is_some_and(|d| Instant::now() >= d) {
                 return Err(DirError::TimeLimit);
             }
-            let Some(mut e) = self.r.entry(id)? else {
+            let found = match req.keep {
+                Some(keep) => self.r.entry_with(id, keep)?,
+                None => self.r.entry(id)?,
+            };
+            let Some(mut e) = found else {
                 continue;
             };
             if !in_scope(req.scope, &plan.base_key, plan.base_depth, &e.key) {

@@ -224,6 +224,20 @@ impl ReadView {
         Ok(())
     }
 
+    /// The entry with this id, with only the attributes `keep` accepts.
+    pub fn entry_with(
+        &self,
+        id: u64,
+        keep: &dyn Fn(&str) -> bool,
+    ) -> Result<Option<StoredEntry>, StoreError> {
+        match self.entries.get(id)? {
+            Some(v) => super::entry::decode_some(v.value(), keep)
+                .map(Some)
+                .ok_or_else(|| StoreError(format!("corrupt entry {id}"))),
+            None => Ok(None),
+        }
+    }
+
     /// An entry's stored encoding.
     pub fn raw_entry(&self, id: u64) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self.entries.get(id)?.map(|v| v.value().to_vec()))

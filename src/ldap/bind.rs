@@ -278,6 +278,7 @@ fn entries_with(
         deadline: None,
         view: None,
         subordinates: false,
+        keep: None,
     };
     let _ = view.search(&req, |_, e| {
         found.push(e.dn);

@@ -19,7 +19,7 @@ use super::session::{Reply, SessionState};
 use super::{codec, Identity, LdapContext};
 use crate::directory::entry::StoredEntry;
 use crate::directory::filter::Filter;
-use crate::directory::schema::Schema;
+use crate::directory::schema::{AttributeType, Schema};
 use crate::directory::{self, DirError, Scope};
 
 /// Which attributes a search returns.
@@ -56,9 +56,10 @@ impl Selection {
     }
 
     fn wants(&self, schema: &Schema, name: &str) -> bool {
-        let Some(at) = schema.attr(name) else {
-            return false;
-        };
+        schema.attr(name).is_some_and(|at| self.wants_type(schema, at))
+    }
+
+    fn wants_type(&self, schema: &Schema, at: &AttributeType) -> bool {
         if at.is_operational() {
             if self.all_operational {
                 return true;
@@ -319,6 +320,34 @@ impl Job {
         let schema = dir.schema();
         checker.with(|acl, req_who, actx| {
             let see = |e: &StoredEntry| acl.searchable_entry(schema, req_who, e, actx);
+            // Only the attributes the filter, the access rules' filters and the answer
+            // can see are read from each entry.
+            let looked_at = if self.filter.reads_every_attribute() {
+                None
+            } else if req_who.admin {
+                Some(self.filter.attributes())
+            } else {
+                acl.filter_attributes().map(|mut names| {
+                    names.extend(self.filter.attributes());
+                    names
+                })
+            };
+            let looked_at: Option<Vec<&str>> = looked_at.map(|names| {
+                names
+                    .iter()
+                    .filter_map(|n| schema.attr(n))
+                    .map(|at| at.oid.as_str())
+                    .collect()
+            });
+            let keep = |name: &str| -> bool {
+                let Some(at) = schema.attr(name) else {
+                    return true;
+                };
+                self.sel.wants_type(schema, at)
+                    || looked_at
+                        .as_ref()
+                        .is_some_and(|oids| oids.iter().any(|oid| schema.is_subtype_of(at, oid)))
+            };
             let req = directory::SearchRequest {
                 base: &self.base,
                 scope: self.scope,
@@ -327,6 +356,7 @@ impl Job {
                 deadline: self.deadline,
                 view: if req_who.admin { None } else { Some(&see) },
                 subordinates: self.subordinates,
+                keep: if looked_at.is_some() { Some(&keep) } else { None },
             };
             let plan = match view.plan(&req) {
                 Ok(p) => p,
@@ -435,6 +465,7 @@ async fn paged(
                     deadline,
                     view: Some(&see),
                     subordinates,
+                    keep: None,
                 };
                 match view.search(&req, |id, _| {
                     ids.push(id);
