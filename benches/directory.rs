@@ -348,6 +348,8 @@ fn search_benches(c: &mut Criterion) {
             size_limit: 0,
             deadline: None,
             view: None,
+            subordinates: false,
+            keep: None,
         };
         let count = || {
             let mut found = 0usize;

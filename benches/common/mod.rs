@@ -4,39 +4,21 @@
 #![allow(dead_code)] // each bench uses its own subset
 
 use std::io::{BufRead, BufReader, Read};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::mpsc::{self, Receiver};
 use std::time::{Duration, Instant};
 
-/// The `pigeonair` binary: in bench mode built here with `cargo build --release`; in
-/// test mode the one cargo built for this test run.
+/// The `pigeonair` binary cargo built alongside this benchmark: with the bench profile
+/// (optimised, as `--release`) under `cargo bench`, the debug one under `cargo test`.
+/// Building it again here with `cargo build --release` would resolve other features
+/// than the bench build (no dev-dependencies) and rebuild half the tree each time.
 pub fn pigeonair_binary(bench_mode: bool, bench: &str) -> PathBuf {
-    if !bench_mode {
-        return PathBuf::from(env!("CARGO_BIN_EXE_pigeonair"));
+    let bin = PathBuf::from(env!("CARGO_BIN_EXE_pigeonair"));
+    assert!(bin.exists(), "{} is missing", bin.display());
+    if bench_mode {
+        eprintln!("{bench}: using {}", bin.display());
     }
-    let manifest_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
-    eprintln!("{bench}: cargo build --release --bin pigeonair");
-    let status = Command::new(env!("CARGO"))
-        .args([
-            "build",
-            "--release",
-            "--bin",
-            "pigeonair",
-            "--manifest-path",
-        ])
-        .arg(manifest_dir.join("Cargo.toml"))
-        .status()
-        .expect("running cargo build");
-    assert!(
-        status.success(),
-        "cargo build --release --bin pigeonair failed"
-    );
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| manifest_dir.join("target"));
-    let bin = target.join("release/pigeonair");
-    assert!(bin.exists(), "{} is missing after the build", bin.display());
     bin
 }
 
