@@ -23,8 +23,8 @@
 //! slapd indexes `objectClass`, `uid`, `mail` and `mailLocalAddress` for equality;
 //! PigeonAir keeps its default indexes, which cover those and more (see `INDEX_NOTE`).
 //!
-//! `cargo bench --bench import_scale` runs the optimised `pigeonair` cargo built with it and runs with
-//! 1,000,000 accounts (`-- --accounts N`, `-- --searches N`, `-- --keep`;
+//! `cargo bench --bench import_scale` uses the optimised `pigeonair` cargo built with
+//! it, with 1,000,000 accounts (`-- --accounts N`, `-- --searches N`, `-- --keep`;
 //! `PIGEONAIR_BENCH_ACCOUNTS=N` also sets the count). Without `--bench` (`cargo test
 //! --benches`) a smoke pass runs with 2,000 accounts and the test-profile binary.
 //! slapd missing is an error in both modes. Every child process is killed when the

@@ -30,7 +30,7 @@
 //! `loglevel 0`, PigeonAir `warn`). `--rows search,bind,add,modify` selects workloads;
 //! `--keep` keeps the temporary directory (data, configs, logs).
 //!
-//! `cargo bench --bench ldap_load` runs the optimised `pigeonair` cargo built with it and runs the full pass;
+//! `cargo bench --bench ldap_load` runs the full pass with the optimised `pigeonair`;
 //! without `--bench` (`cargo test --benches`) a smoke pass runs with a few hundred
 //! accounts and a fraction of a second per row, with the test-profile binary. slapd
 //! missing is an error in both modes. Every child process is killed when the program
