@@ -40,7 +40,10 @@ pub struct ClusterConfig {
     pub election_timeout_max_ms: u64,
     /// How long a write waits for a leader before failing with `unavailable`.
     pub write_timeout_ms: u64,
-    /// Take a snapshot after this many log entries, and purge the log behind it.
+    /// Take a snapshot after this many log entries, and purge the log behind it. A
+    /// snapshot copies the whole directory (at 1,000,000 accounts 667 MiB and about 5 s
+    /// of CPU), so it should be rare next to the writes; the log it lets grow is about
+    /// half a kilobyte per entry, replayed at start.
     pub snapshot_every: u64,
 }
 
@@ -53,7 +56,7 @@ impl Default for ClusterConfig {
             election_timeout_min_ms: 100,
             election_timeout_max_ms: 200,
             write_timeout_ms: 5000,
-            snapshot_every: 5000,
+            snapshot_every: 50_000,
         }
     }
 }
