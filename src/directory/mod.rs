@@ -1205,6 +1205,19 @@ impl DirView<'_> {
     /// The first half of [`DirView::search`]: which entries it will read (the base must
     /// exist).
     pub fn plan(&self, req: &SearchRequest<'_>) -> Result<SearchPlan, DirError> {
+        // Without a limit a plan is always made.
+        self.plan_within(req, None)?
+            .ok_or_else(|| DirError::Store(StoreError("no search plan".into())))
+    }
+
+    /// [`DirView::plan`], but `None` as soon as it is clear that the search would read
+    /// more than `max` entries: a search that needs a scan of the DN table is never
+    /// planned here (the scan alone can take long).
+    pub fn plan_within(
+        &self,
+        req: &SearchRequest<'_>,
+        max: Option<usize>,
+    ) -> Result<Option<SearchPlan>, DirError> {
         let base = Dn::parse(req.base).map_err(|e| Violation::InvalidDn(e.to_string()))?;
         let base_key = self.dir.schema.dn_key(&base)?;
         let Some(base_id) = self.r.id_of(&base_key)? else {
@@ -1218,7 +1231,9 @@ impl DirView<'_> {
             (vec![base_id], false)
         } else {
             match self.dir.indexes.candidates(schema, &*self.r, req.filter)? {
+                Some(cands) if max.is_some_and(|m| cands.len() > m) => return Ok(None),
                 Some(cands) => (cands, true),
+                None if max.is_some() => return Ok(None),
                 None => {
                     let ids = self
                         .r
@@ -1231,12 +1246,12 @@ impl DirView<'_> {
                 }
             }
         };
-        Ok(SearchPlan {
+        Ok(Some(SearchPlan {
             base_key,
             base_depth,
             ids,
             indexed,
-        })
+        }))
     }
 
     /// The second half of [`DirView::search`]: read, check and hand over the planned

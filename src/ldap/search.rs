@@ -358,13 +358,11 @@ impl Job {
                 subordinates: self.subordinates,
                 keep: if looked_at.is_some() { Some(&keep) } else { None },
             };
-            let plan = match view.plan(&req) {
-                Ok(p) => p,
+            let plan = match view.plan_within(&req, inline_max) {
+                Ok(Some(p)) => p,
+                Ok(None) => return None,
                 Err(e) => return Some(Err(e)),
             };
-            if inline_max.is_some_and(|max| plan.len() > max) {
-                return None;
-            }
             Some(view.run(&req, plan, |_, e| {
                 let op = if req_who.admin {
                     render(schema, &e, &self.sel)
