@@ -440,3 +440,32 @@ impl WriteBatch {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_shared_snapshot_never_hides_a_returned_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("d.redb"), 1 << 20).unwrap();
+        let first = store.snapshot().unwrap();
+        // Readers share the snapshot while nothing is written.
+        assert!(Arc::ptr_eq(&first, &store.snapshot().unwrap()));
+        for (i, durable) in [(1u8, true), (2, false), (3, true)] {
+            let mut w = if durable {
+                store.write().unwrap()
+            } else {
+                store.write_unsynced().unwrap()
+            };
+            w.set_meta("k", &[i]).unwrap();
+            w.commit().unwrap();
+            // The next reader sees the commit that just returned.
+            let now = store.snapshot().unwrap();
+            assert_eq!(now.meta("k").unwrap(), Some(vec![i]));
+            assert!(!Arc::ptr_eq(&first, &now));
+        }
+        // A snapshot taken earlier keeps its own state.
+        assert_eq!(first.meta("k").unwrap(), None);
+    }
+}
