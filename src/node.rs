@@ -15,7 +15,8 @@ use crate::directory::WritePath;
 use crate::directory::{Directory, DirectorySettings};
 use crate::ldap::{self, LdapContext};
 
-/// Open the node's directory as its configuration says.
+/// Open the node's directory as its configuration says, caught up with the node's Raft
+/// log (see [`crate::cluster::state_machine::catch_up`]).
 pub fn open_directory(config: &Config) -> Result<Directory, String> {
     let schema = match &config.directory.schema_dir {
         Some(dir) => Schema::load_dir(dir).map_err(|e| e.to_string())?,
@@ -28,7 +29,12 @@ pub fn open_directory(config: &Config) -> Result<Directory, String> {
         indexes: config.directory.indexes.clone(),
         cache_bytes: config.directory.cache_bytes(),
     };
-    Directory::open(&config.node.data_dir, schema, &settings)
+    let dir = Directory::open(&config.node.data_dir, schema, &settings)?;
+    // A crash may have left committed entries of the log unapplied (applies are synced
+    // in checkpoints): apply them before anyone reads the directory.
+    crate::cluster::state_machine::catch_up(&dir, &config.node.data_dir)
+        .map_err(|e| format!("catching the directory up with the raft log: {e}"))?;
+    Ok(dir)
 }
 
 /// Apply the cluster-wide settings whenever the replica changes them.

@@ -3,8 +3,10 @@
 //! Two tables: `log` (index → bincode [`Entry`]) and `meta` (the vote, the committed log
 //! id and the last purged log id). Every write that openraft relies on for safety (an
 //! append reported flushed, a saved vote, a truncation, a purge) is committed with
-//! [`Durability::Immediate`] before it is reported done. The redb calls run on tokio's
-//! blocking pool, so the store works on any tokio runtime.
+//! [`Durability::Immediate`] before it is reported done. The log is the one durable
+//! record of a command: the state machine applies it without a sync and relies on the
+//! log to apply it again after a crash. The redb calls run on tokio's blocking pool, so
+//! the store works on any tokio runtime.
 
 // openraft's StorageError is large by design; every storage method returns it.
 #![allow(clippy::result_large_err)]
@@ -187,6 +189,42 @@ impl LogStore {
         })
         .await
     }
+
+    /// The committed log id last saved, read without a runtime (for a stopped node).
+    pub fn committed_blocking(&self) -> Result<Option<LogId<NodeId>>, StorageError<NodeId>> {
+        Ok(read_meta::<Option<LogId<NodeId>>>(&self.db, KEY_COMMITTED, Op::Read)?.flatten())
+    }
+
+    /// The last purged log id, read without a runtime.
+    pub fn purged_blocking(&self) -> Result<Option<LogId<NodeId>>, StorageError<NodeId>> {
+        read_meta(&self.db, KEY_PURGED, Op::ReadLogs)
+    }
+
+    /// The entries whose index lies in `range`, read without a runtime.
+    pub fn entries_blocking(
+        &self,
+        range: impl RangeBounds<u64>,
+    ) -> Result<Vec<Entry>, StorageError<NodeId>> {
+        read_entries(
+            &self.db,
+            (range.start_bound().cloned(), range.end_bound().cloned()),
+        )
+    }
+}
+
+fn read_entries(
+    db: &Database,
+    bounds: (std::ops::Bound<u64>, std::ops::Bound<u64>),
+) -> Result<Vec<Entry>, StErr> {
+    let op = Op::ReadLogs;
+    let txn = db.begin_read().map_err(op.map())?;
+    let t = txn.open_table(LOG).map_err(op.map())?;
+    let mut out = Vec::new();
+    for item in t.range::<u64>(bounds).map_err(op.map())? {
+        let (_, v) = item.map_err(op.map())?;
+        out.push(decode::<Entry>(v.value(), op)?);
+    }
+    Ok(out)
 }
 
 fn read_meta<T: DeserializeOwned>(db: &Database, key: &str, op: Op) -> Result<Option<T>, StErr> {
@@ -203,19 +241,9 @@ impl RaftLogReader<TypeConfig> for LogStore {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry>, StorageError<NodeId>> {
-        let op = Op::ReadLogs;
         let bounds = (range.start_bound().cloned(), range.end_bound().cloned());
-        self.blocking(op, move |db| {
-            let txn = db.begin_read().map_err(op.map())?;
-            let t = txn.open_table(LOG).map_err(op.map())?;
-            let mut out = Vec::new();
-            for item in t.range::<u64>(bounds).map_err(op.map())? {
-                let (_, v) = item.map_err(op.map())?;
-                out.push(decode::<Entry>(v.value(), op)?);
-            }
-            Ok(out)
-        })
-        .await
+        self.blocking(Op::ReadLogs, move |db| read_entries(db, bounds))
+            .await
     }
 }
 
@@ -256,9 +284,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         &mut self,
         committed: Option<LogId<NodeId>>,
     ) -> Result<(), StorageError<NodeId>> {
-        // Losing the latest committed id in a crash is safe (it is only an optimisation
-        // for re-applying on restart), so this commit is not synced on its own; the next
-        // durable commit carries it to disk.
+        // Not synced on its own; the next durable commit (an append, a vote) carries it to
+        // disk. On restart openraft applies the log again from the directory's durable
+        // applied id up to this one (the state machine's applies are unsynced too, see
+        // state_machine.rs). Losing the latest value in a crash is safe: the entries after
+        // it stay in the log, since a purge never passes a snapshot and the directory is
+        // durable up to its snapshot, and they are applied as soon as this node learns
+        // the commit index again (from its leader, or at once as a restored sole leader).
         self.put_meta(KEY_COMMITTED, &committed, false, Op::Write)
             .await
     }

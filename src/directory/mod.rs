@@ -374,21 +374,24 @@ impl Directory {
     }
 
     /// Apply one command (if any) and write `meta` (e.g. the applied log id and the
-    /// membership) in the same durable transaction. A command that fails its checks
-    /// still records the meta: the failure is its deterministic outcome. `Err` of the
-    /// outer result is a storage failure; the inner result is the command's own.
+    /// membership) in the same transaction. A command that fails its checks still
+    /// records the meta: the failure is its deterministic outcome. `Err` of the outer
+    /// result is a storage failure; the inner result is the command's own. The
+    /// transaction is not synced: it is visible at once and durable with the next
+    /// [`Directory::sync`]; a crash before that loses it whole, with its meta, so the
+    /// caller keeps its own durable record of the command (the Raft log) to apply again.
     pub fn apply_with_meta(
         &self,
         cmd: Option<&DirectoryCommand>,
         meta: &[(&str, &[u8])],
     ) -> Result<Result<(), DirError>, StoreError> {
-        let w = self.store.write()?;
+        let w = self.store.write_unsynced()?;
         self.apply_and_record(w, cmd, meta, |_, _| Ok(()))
     }
 
     /// Apply `cmd` (if any) in `w`; when it fails, discard its partial work in a fresh
-    /// batch. Then let `record` write what it must about the outcome, write `meta`, and
-    /// commit: the change, the record and the meta are durable together.
+    /// (unsynced) batch. Then let `record` write what it must about the outcome, write
+    /// `meta`, and commit: the change, the record and the meta become durable together.
     fn apply_and_record(
         &self,
         mut w: WriteBatch,
@@ -405,7 +408,7 @@ impl Directory {
         }
         if out.is_err() {
             drop(w);
-            w = self.store.write()?;
+            w = self.store.write_unsynced()?;
         }
         record(&mut w, &out)?;
         for (k, v) in meta {
@@ -419,7 +422,8 @@ impl Directory {
     /// among the last [`REQUEST_MEMORY`] requests, its recorded outcome is returned and
     /// nothing is applied again. `position` (the log index) picks the slot of the ring
     /// that forgets old ids, so every replica forgets the same ones. The outcome, the
-    /// ring and `meta` are written in the same durable transaction as the change.
+    /// ring and `meta` are written in the same transaction as the change, unsynced as in
+    /// [`Directory::apply_with_meta`].
     pub fn apply_request(
         &self,
         request_id: &str,
@@ -429,7 +433,7 @@ impl Directory {
     ) -> Result<Result<(), DirError>, StoreError> {
         let record = format!("req/{request_id}");
         let config = bincode::config::standard();
-        let w = self.store.write()?;
+        let w = self.store.write_unsynced()?;
         if let Some(raw) = w.meta(&record)? {
             let outcome: Result<(), DirError> = bincode::serde::decode_from_slice(&raw, config)
                 .map(|(o, _)| o)
@@ -462,6 +466,12 @@ impl Directory {
         let mut w = self.store.write()?;
         w.remove_meta(name)?;
         w.commit()
+    }
+
+    /// Make every earlier write durable, the unsynced applies of
+    /// [`Directory::apply_with_meta`] and [`Directory::apply_request`] included.
+    pub fn sync(&self) -> Result<(), StoreError> {
+        self.store.sync()
     }
 
     /// A metadata value written by [`Directory::apply_with_meta`].

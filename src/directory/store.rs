@@ -3,8 +3,12 @@
 //! Four tables: `dn2id` (the normalised DN key, root first, to the entry id: a subtree is
 //! a key prefix), `entries` (id to the encoded entry), `index` (index key to entry ids)
 //! and `meta` (next id, index configuration, last applied command). Every write goes
-//! through one [`WriteBatch`], committed with `Durability::Immediate`: when `commit`
-//! returns, the change is on disk (fsync), and a crash leaves all of a batch or none.
+//! through one [`WriteBatch`], and a crash leaves all of a batch or none. A batch from
+//! [`Store::write`] is durable when `commit` returns (fsync). A batch from
+//! [`Store::write_unsynced`] is visible to readers at once but reaches the disk only with
+//! the next durable commit ([`Store::sync`]): a crash before that reverts the database to
+//! its last durable commit, dropping every unsynced batch after it, never part of one.
+//! Closing the database (dropping it) makes pending unsynced batches durable.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -133,8 +137,9 @@ impl Store {
         })
     }
 
-    /// A write batch whose commit is not synced: for bulk imports, which finish with one
-    /// durable commit (see [`Store::sync`]).
+    /// A write batch whose commit is not synced: visible to readers when it commits,
+    /// durable only with the next durable commit (see [`Store::sync`]). For bulk imports
+    /// and for applies whose durable record is elsewhere (the Raft log).
     pub fn write_unsynced(&self) -> Result<WriteBatch, StoreError> {
         let mut txn = self.db.begin_write()?;
         txn.set_durability(Durability::None)?;
@@ -144,7 +149,8 @@ impl Store {
         })
     }
 
-    /// Make every earlier unsynced commit durable.
+    /// Make every earlier commit durable: when this returns, every batch committed before
+    /// it was called, synced or not, is on disk.
     pub fn sync(&self) -> Result<(), StoreError> {
         self.write()?.commit()
     }
