@@ -56,7 +56,9 @@ impl Selection {
     }
 
     fn wants(&self, schema: &Schema, name: &str) -> bool {
-        schema.attr(name).is_some_and(|at| self.wants_type(schema, at))
+        schema
+            .attr(name)
+            .is_some_and(|at| self.wants_type(schema, at))
     }
 
     fn wants_type(&self, schema: &Schema, at: &AttributeType) -> bool {
@@ -356,7 +358,11 @@ impl Job {
                 deadline: self.deadline,
                 view: if req_who.admin { None } else { Some(&see) },
                 subordinates: self.subordinates,
-                keep: if looked_at.is_some() { Some(&keep) } else { None },
+                keep: if looked_at.is_some() {
+                    Some(&keep)
+                } else {
+                    None
+                },
             };
             let plan = match view.plan_within(&req, inline_max) {
                 Ok(Some(p)) => p,

@@ -961,8 +961,12 @@ fn operational_attributes_of_an_added_entry() {
         let mut found: Vec<String> = [PEOPLE, dn.as_str()]
             .into_iter()
             .filter(|base| {
-                !search_ok(&node, admin(&node), &["-b", base, "-s", "base", filter, "1.1"])
-                    .is_empty()
+                !search_ok(
+                    &node,
+                    admin(&node),
+                    &["-b", base, "-s", "base", filter, "1.1"],
+                )
+                .is_empty()
             })
             .map(str::to_string)
             .collect();
