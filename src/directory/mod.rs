@@ -279,6 +279,8 @@ pub struct Directory {
     store: Store,
     suffix: Dn,
     suffix_key: String,
+    /// The DN key of [`SUBSCHEMA_DN`] under this schema.
+    subschema_key: String,
     indexes: IndexSet,
 }
 
@@ -297,12 +299,17 @@ impl Directory {
             return Err("suffix: the naming context may not be empty".into());
         }
         let suffix_key = schema.dn_key(&suffix).map_err(|e| format!("suffix: {e}"))?;
+        let subschema_key = Dn::parse(SUBSCHEMA_DN)
+            .map_err(|e| e.to_string())
+            .and_then(|dn| schema.dn_key(&dn).map_err(|e| e.to_string()))
+            .map_err(|e| format!("the subschema DN: {e}"))?;
         let indexes = IndexSet::from_config(&schema, &settings.indexes)?;
         let dir = Directory {
             schema: Arc::new(schema),
             store,
             suffix,
             suffix_key,
+            subschema_key,
             indexes,
         };
         dir.ensure_indexes().map_err(|e| e.to_string())?;
@@ -350,6 +357,11 @@ impl Directory {
     /// The naming context.
     pub fn suffix(&self) -> &Dn {
         &self.suffix
+    }
+
+    /// The DN key of the subschema subentry ([`SUBSCHEMA_DN`]).
+    pub fn subschema_key(&self) -> &str {
+        &self.subschema_key
     }
 
     /// A consistent snapshot for reading.

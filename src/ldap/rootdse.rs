@@ -21,11 +21,7 @@ pub fn special_entry(ctx: &LdapContext, base: &str, scope: Scope) -> Option<Stor
     }
     let schema = ctx.dir.schema();
     let key = schema.dn_key(&dn).ok()?;
-    static SUBSCHEMA_KEY: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
-    let sub_key = SUBSCHEMA_KEY
-        .get_or_init(|| schema.dn_key(&Dn::parse(SUBSCHEMA_DN).ok()?).ok())
-        .as_ref()?;
-    (key == *sub_key)
+    (key == ctx.dir.subschema_key())
         .then(|| {
             if scope == Scope::One {
                 None
