@@ -44,10 +44,10 @@ async fn follow_settings(
     mut last: crate::settings::ClusterSettings,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let mut applied = cluster.state_machine().subscribe_applied();
+    let mut changes = cluster.state_machine().subscribe_settings();
     loop {
         tokio::select! {
-            changed = applied.changed() => if changed.is_err() { return },
+            changed = changes.changed() => if changed.is_err() { return },
             _ = shutdown.changed() => return,
         }
         let dir = cluster.state_machine().directory().clone();

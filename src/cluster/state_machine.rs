@@ -302,6 +302,10 @@ struct Shared {
     /// The last applied index (0 when nothing was applied).
     applied: AtomicU64,
     applied_tx: watch::Sender<u64>,
+    /// The DN key of the cluster settings entry ([`crate::settings::settings_dn`]).
+    settings_key: String,
+    /// Counts applied changes that may have changed the cluster settings entry.
+    settings_tx: watch::Sender<u64>,
     /// The meta of the current snapshot (in `snapshot_path`); the lock also
     /// serialises replacing that file.
     current: Mutex<Option<Meta>>,
@@ -318,6 +322,26 @@ impl Shared {
     fn set_applied(&self, index: u64) {
         self.applied.store(index, Ordering::Release);
         self.applied_tx.send_replace(index);
+    }
+
+    /// Tell the settings' followers that the settings entry may have changed.
+    fn settings_may_have_changed(&self) {
+        self.settings_tx.send_modify(|n| *n += 1);
+    }
+
+    /// Whether `cmd` may change the cluster settings entry: a change to that entry, or
+    /// any rename (one could move an entry there).
+    fn touches_settings(&self, cmd: &crate::directory::DirectoryCommand) -> bool {
+        use crate::directory::DirectoryCommand as C;
+        match cmd {
+            C::ModifyDn { .. } => true,
+            C::Add { dn, .. } | C::Modify { dn, .. } | C::Delete { dn, .. } => {
+                crate::directory::dn::Dn::parse(dn)
+                    .ok()
+                    .and_then(|dn| self.dir.schema().dn_key(&dn).ok())
+                    .is_none_or(|key| key == self.settings_key)
+            }
+        }
     }
 
     /// Count one unsynced apply; wake the checkpoint thread when a checkpoint is due.
@@ -570,12 +594,21 @@ impl StateMachine {
             .and_then(|m| m.snapshot_id.rsplit('-').next()?.parse::<u64>().ok())
             .map_or(0, |c| c + 1);
         let (applied_tx, _) = watch::channel(0);
+        let (settings_tx, _) = watch::channel(0);
+        let settings_key = crate::directory::dn::Dn::parse(&crate::settings::settings_dn(
+            &dir.suffix().to_string(),
+        ))
+        .map_err(|e| e.to_string())
+        .and_then(|dn| dir.schema().dn_key(&dn).map_err(|e| e.to_string()))
+        .map_err(|e| read_err(AnyError::error(format!("the cluster settings DN: {e}"))))?;
         let (wake, woken) = mpsc::sync_channel(1);
         let shared = Shared {
             dir,
             snapshot_path,
             applied: AtomicU64::new(0),
             applied_tx,
+            settings_key,
+            settings_tx,
             current: Mutex::new(current),
             counter: AtomicU64::new(counter),
             unsynced: AtomicU64::new(0),
@@ -612,6 +645,12 @@ impl StateMachine {
     /// installed snapshot: wait on it until this replica applied a given index.
     pub fn subscribe_applied(&self) -> watch::Receiver<u64> {
         self.shared.applied_tx.subscribe()
+    }
+
+    /// A receiver that changes after each applied change that may have changed the
+    /// cluster settings entry, and after each installed snapshot.
+    pub fn subscribe_settings(&self) -> watch::Receiver<u64> {
+        self.shared.settings_tx.subscribe()
     }
 
     /// Wait until this replica applied `index` (or more).
@@ -667,6 +706,11 @@ fn apply_entry(shared: &Shared, entry: &Entry) -> Result<ClusterResponse, StErr>
     let response = apply_to(&shared.dir, entry)?;
     shared.applied_unsynced();
     shared.set_applied(entry.log_id.index);
+    if let EntryPayload::Normal(ClusterRequest::Directory { cmd, .. }) = &entry.payload {
+        if shared.touches_settings(cmd) {
+            shared.settings_may_have_changed();
+        }
+    }
     Ok(response)
 }
 
@@ -842,6 +886,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         tracing::info!(snapshot = %meta.snapshot_id, entries, "installed a directory snapshot");
         self.shared
             .set_applied(meta.last_log_id.map_or(0, |l| l.index));
+        self.shared.settings_may_have_changed();
         Ok(())
     }
 
