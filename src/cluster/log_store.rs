@@ -1,26 +1,39 @@
 //! The Raft log on redb: `raft-log.redb` in the node's data directory.
 //!
 //! Two tables: `log` (index → bincode [`Entry`]) and `meta` (the vote, the committed log
-//! id and the last purged log id). Every write that openraft relies on for safety (an
-//! append reported flushed, a saved vote, a truncation, a purge) is committed with
-//! [`Durability::Immediate`] before it is reported done. The log is the one durable
-//! record of a command: the state machine applies it without a sync and relies on the
-//! log to apply it again after a crash. The redb calls run on tokio's blocking pool, so
-//! the store works on any tokio runtime.
+//! id and the last purged log id). The log is the one durable record of a command: the
+//! state machine applies it without a sync and relies on the log to apply it again after
+//! a crash.
+//!
+//! One writer thread owns every write, in the order openraft asked for them (openraft
+//! requires its log and vote writes to be serialised). It takes whatever is queued when
+//! it wakes and commits it in one transaction, so concurrent writes share one sync:
+//!
+//! - `append` returns as soon as the entries are queued and readable (from `pending`,
+//!   until the writer committed them); openraft replicates them meanwhile, and the
+//!   writer reports them flushed once their transaction is synced
+//!   ([`Durability::Immediate`]). A leader's own sync thus overlaps its followers'.
+//! - `save_vote`, `truncate` and `purge` wait until their transaction is synced.
+//! - `save_committed` only records the id; the writer's next transaction carries it
+//!   (and the last one, when the store closes). Losing it in a crash is safe, see
+//!   [`RaftLogStorage::save_committed`] below.
 
 // openraft's StorageError is large by design; every storage method returns it.
 #![allow(clippy::result_large_err)]
 
+use std::collections::BTreeMap;
 use std::fmt::Debug;
-use std::ops::RangeBounds;
+use std::ops::{Bound, RangeBounds};
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{mpsc, Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
 
 use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::{AnyError, LogId, OptionalSend, StorageError, StorageIOError, Vote};
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use tokio::sync::oneshot;
 
 use super::types::{NodeId, TypeConfig};
 
@@ -38,6 +51,9 @@ const KEY_PURGED: &str = "last_purged_log_id";
 
 /// The file name of the log database inside the data directory.
 pub const LOG_FILE: &str = "raft-log.redb";
+
+/// At most this many queued writes go into one transaction.
+const MAX_BATCH: usize = 1024;
 
 type StErr = StorageError<NodeId>;
 
@@ -80,11 +96,182 @@ fn decode<T: DeserializeOwned>(bytes: &[u8], op: Op) -> Result<T, StErr> {
         .map_err(op.map())
 }
 
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// One write for the writer thread.
+enum Job {
+    /// Entries `(index, sequence number in pending, bytes)`; `done` reports the sync.
+    Append {
+        entries: Vec<(u64, u64, Vec<u8>)>,
+        done: LogFlushed<TypeConfig>,
+    },
+    /// A vote to store.
+    Vote {
+        bytes: Vec<u8>,
+        done: oneshot::Sender<Result<(), String>>,
+    },
+    /// Entries to remove and, for a purge, the last purged log id.
+    Remove {
+        range: (Bound<u64>, Bound<u64>),
+        purged: Option<Vec<u8>>,
+        done: oneshot::Sender<Result<(), String>>,
+    },
+}
+
+impl Job {
+    fn finish(self, result: &Result<(), String>) {
+        match self {
+            Job::Append { done, .. } => {
+                done.log_io_completed(result.clone().map_err(std::io::Error::other))
+            }
+            // The caller may have gone away (openraft shutting down): nothing to tell.
+            Job::Vote { done, .. } | Job::Remove { done, .. } => {
+                let _ = done.send(result.clone());
+            }
+        }
+    }
+}
+
+/// Appended entries the writer has not committed yet: index → (sequence number, entry).
+/// Always the tail of the log.
+#[derive(Default)]
+struct Pending {
+    next_seq: u64,
+    entries: BTreeMap<u64, (u64, Entry)>,
+}
+
+/// What the store's handles and its writer thread share.
+struct Shared {
+    db: Database,
+    pending: Mutex<Pending>,
+    /// The committed log id openraft saved last, not yet written.
+    committed: Mutex<Option<Vec<u8>>>,
+}
+
+impl Shared {
+    /// Commit `jobs` (and the committed id, if one is waiting) in one transaction,
+    /// synced when `durable`.
+    fn commit(&self, jobs: &[Job], durable: bool) -> Result<(), redb::Error> {
+        let committed = lock(&self.committed).take();
+        if jobs.is_empty() && committed.is_none() {
+            return Ok(());
+        }
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(if durable {
+            Durability::Immediate
+        } else {
+            Durability::None
+        })?;
+        {
+            let mut log = txn.open_table(LOG)?;
+            let mut meta = txn.open_table(META)?;
+            for job in jobs {
+                match job {
+                    Job::Append { entries, .. } => {
+                        for (index, _, bytes) in entries {
+                            log.insert(*index, bytes.as_slice())?;
+                        }
+                    }
+                    Job::Vote { bytes, .. } => {
+                        meta.insert(KEY_VOTE, bytes.as_slice())?;
+                    }
+                    Job::Remove { range, purged, .. } => {
+                        log.retain_in::<u64, _>(*range, |_, _| false)?;
+                        if let Some(p) = purged {
+                            meta.insert(KEY_PURGED, p.as_slice())?;
+                        }
+                    }
+                }
+            }
+            if let Some(c) = &committed {
+                meta.insert(KEY_COMMITTED, c.as_slice())?;
+            }
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Drop from `pending` the entries `jobs` wrote, unless appended again since.
+    fn forget_written(&self, jobs: &[Job]) {
+        let mut pending = lock(&self.pending);
+        for job in jobs {
+            if let Job::Append { entries, .. } = job {
+                for (index, seq, _) in entries {
+                    if pending.entries.get(index).is_some_and(|(s, _)| s == seq) {
+                        pending.entries.remove(index);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The writer thread: commit what is queued, in order, until every handle is gone;
+    /// then write the last committed id.
+    fn write_loop(&self, rx: mpsc::Receiver<Job>) {
+        while let Ok(first) = rx.recv() {
+            let mut jobs = vec![first];
+            while jobs.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(job) => jobs.push(job),
+                    Err(_) => break,
+                }
+            }
+            let result = self.commit(&jobs, true).map_err(|e| e.to_string());
+            if result.is_ok() {
+                self.forget_written(&jobs);
+            }
+            for job in jobs {
+                job.finish(&result);
+            }
+        }
+        if let Err(e) = self.commit(&[], true) {
+            tracing::warn!(error = %e, "cannot save the committed log id at close");
+        }
+    }
+
+    /// The entries whose index lies in `bounds`: written ones, then pending ones.
+    fn entries(&self, bounds: (Bound<u64>, Bound<u64>)) -> Result<Vec<Entry>, StErr> {
+        // Pending first: an entry the writer commits meanwhile is then either in this
+        // copy or visible to the read transaction begun after it.
+        let pending: Vec<Entry> = lock(&self.pending)
+            .entries
+            .range(bounds)
+            .map(|(_, (_, e))| e.clone())
+            .collect();
+        let written_end = match pending.first() {
+            Some(e) => Bound::Excluded(e.log_id.index),
+            None => bounds.1,
+        };
+        let mut out = read_entries(&self.db, (bounds.0, written_end))?;
+        out.extend(pending);
+        Ok(out)
+    }
+}
+
 /// The Raft log and vote of one node, in its own redb database. Cheap to clone: clones
-/// share the database (openraft's log readers are clones).
+/// share the database and the writer (openraft's log readers are clones).
 #[derive(Clone)]
 pub struct LogStore {
-    db: Arc<Database>,
+    inner: Arc<Inner>,
+}
+
+/// Closing the last handle stops the writer after it wrote everything queued, and waits
+/// for it, so the database is closed when the last handle is gone.
+struct Inner {
+    shared: Arc<Shared>,
+    tx: Option<mpsc::Sender<Job>>,
+    writer: Option<JoinHandle<()>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.tx.take();
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
+    }
 }
 
 impl Debug for LogStore {
@@ -95,7 +282,7 @@ impl Debug for LogStore {
 
 impl LogStore {
     /// Open (or create) the log in `data_dir/raft-log.redb`, creating the directory if
-    /// needed. Blocking; call it at startup.
+    /// needed, and start its writer thread. Blocking; call it at startup.
     pub fn open(data_dir: &Path) -> Result<LogStore, StorageError<NodeId>> {
         std::fs::create_dir_all(data_dir).map_err(Op::Write.map())?;
         let path = data_dir.join(LOG_FILE);
@@ -114,90 +301,97 @@ impl LogStore {
             txn.open_table(META).map_err(Op::Write.map())?;
         }
         txn.commit().map_err(Op::Write.map())?;
-        Ok(LogStore { db: Arc::new(db) })
+        let shared = Arc::new(Shared {
+            db,
+            pending: Mutex::new(Pending::default()),
+            committed: Mutex::new(None),
+        });
+        let (tx, rx) = mpsc::channel();
+        let writer = {
+            let shared = shared.clone();
+            std::thread::Builder::new()
+                .name("raft-log".into())
+                .spawn(move || shared.write_loop(rx))
+                .map_err(Op::Write.map())?
+        };
+        Ok(LogStore {
+            inner: Arc::new(Inner {
+                shared,
+                tx: Some(tx),
+                writer: Some(writer),
+            }),
+        })
     }
 
-    /// Run a blocking closure over the database on tokio's blocking pool.
+    fn shared(&self) -> &Shared {
+        &self.inner.shared
+    }
+
+    /// Queue a job for the writer.
+    fn send(&self, job: Job, op: Op) -> Result<(), StErr> {
+        let stopped = || op.err(AnyError::error("the raft log's writer has stopped"));
+        self.inner
+            .tx
+            .as_ref()
+            .ok_or_else(stopped)?
+            .send(job)
+            .map_err(|_| stopped())
+    }
+
+    /// Queue a job and wait until its transaction is synced.
+    async fn write(
+        &self,
+        op: Op,
+        job: impl FnOnce(oneshot::Sender<Result<(), String>>) -> Job,
+    ) -> Result<(), StErr> {
+        let (done, synced) = oneshot::channel();
+        self.send(job(done), op)?;
+        synced
+            .await
+            .map_err(op.map())?
+            .map_err(|e| op.err(AnyError::error(e)))
+    }
+
+    /// Run a blocking read over the store on tokio's blocking pool.
     async fn blocking<T, F>(&self, op: Op, f: F) -> Result<T, StErr>
     where
         T: Send + 'static,
-        F: FnOnce(&Database) -> Result<T, StErr> + Send + 'static,
+        F: FnOnce(&Shared) -> Result<T, StErr> + Send + 'static,
     {
-        let db = self.db.clone();
-        tokio::task::spawn_blocking(move || f(&db))
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || f(&inner.shared))
             .await
             .map_err(op.map())?
     }
 
-    /// Write one meta value durably (or, with `durable == false`, without a sync).
-    async fn put_meta<T: Serialize>(
-        &self,
-        key: &'static str,
-        value: &T,
-        durable: bool,
-        op: Op,
-    ) -> Result<(), StErr> {
-        let bytes = encode(value, op)?;
-        self.blocking(op, move |db| {
-            let mut txn = db.begin_write().map_err(op.map())?;
-            txn.set_durability(if durable {
-                Durability::Immediate
-            } else {
-                Durability::None
-            })
-            .map_err(op.map())?;
-            {
-                let mut t = txn.open_table(META).map_err(op.map())?;
-                t.insert(key, bytes.as_slice()).map_err(op.map())?;
-            }
-            txn.commit().map_err(op.map())
-        })
-        .await
-    }
-
-    /// Read one meta value.
-    async fn get_meta<T: DeserializeOwned + Send + 'static>(
-        &self,
-        key: &'static str,
-        op: Op,
-    ) -> Result<Option<T>, StErr> {
-        self.blocking(op, move |db| read_meta(db, key, op)).await
-    }
-
     /// Remove the entries whose index lies in `range` and, with `purged`, record the last
     /// purged log id, in one durable transaction.
-    async fn remove_range<R>(&self, range: R, purged: Option<LogId<NodeId>>) -> Result<(), StErr>
-    where
-        R: RangeBounds<u64> + Send + 'static,
-    {
+    async fn remove_range(
+        &self,
+        range: (Bound<u64>, Bound<u64>),
+        purged: Option<LogId<NodeId>>,
+    ) -> Result<(), StErr> {
         let op = Op::WriteLogs;
         let purged = purged.map(|p| encode(&p, op)).transpose()?;
-        self.blocking(op, move |db| {
-            let mut txn = db.begin_write().map_err(op.map())?;
-            txn.set_durability(Durability::Immediate)
-                .map_err(op.map())?;
-            {
-                let mut t = txn.open_table(LOG).map_err(op.map())?;
-                t.retain_in::<u64, _>(range, |_, _| false)
-                    .map_err(op.map())?;
-                if let Some(p) = &purged {
-                    let mut m = txn.open_table(META).map_err(op.map())?;
-                    m.insert(KEY_PURGED, p.as_slice()).map_err(op.map())?;
-                }
-            }
-            txn.commit().map_err(op.map())
+        lock(&self.shared().pending)
+            .entries
+            .retain(|index, _| !range.contains(index));
+        self.write(op, |done| Job::Remove {
+            range,
+            purged,
+            done,
         })
         .await
     }
 
     /// The committed log id last saved, read without a runtime (for a stopped node).
     pub fn committed_blocking(&self) -> Result<Option<LogId<NodeId>>, StorageError<NodeId>> {
-        Ok(read_meta::<Option<LogId<NodeId>>>(&self.db, KEY_COMMITTED, Op::Read)?.flatten())
+        self.shared().committed()
     }
 
     /// The last purged log id, read without a runtime.
     pub fn purged_blocking(&self) -> Result<Option<LogId<NodeId>>, StorageError<NodeId>> {
-        read_meta(&self.db, KEY_PURGED, Op::ReadLogs)
+        read_meta(&self.shared().db, KEY_PURGED, Op::ReadLogs)
     }
 
     /// The entries whose index lies in `range`, read without a runtime.
@@ -205,17 +399,26 @@ impl LogStore {
         &self,
         range: impl RangeBounds<u64>,
     ) -> Result<Vec<Entry>, StorageError<NodeId>> {
-        read_entries(
-            &self.db,
-            (range.start_bound().cloned(), range.end_bound().cloned()),
-        )
+        self.shared()
+            .entries((range.start_bound().cloned(), range.end_bound().cloned()))
     }
 }
 
-fn read_entries(
-    db: &Database,
-    bounds: (std::ops::Bound<u64>, std::ops::Bound<u64>),
-) -> Result<Vec<Entry>, StErr> {
+impl Shared {
+    /// The committed log id openraft saved last: the one waiting for the writer, else the
+    /// one written.
+    fn committed(&self) -> Result<Option<LogId<NodeId>>, StErr> {
+        let op = Op::Read;
+        let waiting = lock(&self.committed).clone();
+        let value: Option<Option<LogId<NodeId>>> = match waiting {
+            Some(bytes) => Some(decode(&bytes, op)?),
+            None => read_meta(&self.db, KEY_COMMITTED, op)?,
+        };
+        Ok(value.flatten())
+    }
+}
+
+fn read_entries(db: &Database, bounds: (Bound<u64>, Bound<u64>)) -> Result<Vec<Entry>, StErr> {
     let op = Op::ReadLogs;
     let txn = db.begin_read().map_err(op.map())?;
     let t = txn.open_table(LOG).map_err(op.map())?;
@@ -242,7 +445,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
         range: RB,
     ) -> Result<Vec<Entry>, StorageError<NodeId>> {
         let bounds = (range.start_bound().cloned(), range.end_bound().cloned());
-        self.blocking(Op::ReadLogs, move |db| read_entries(db, bounds))
+        self.blocking(Op::ReadLogs, move |s| s.entries(bounds))
             .await
     }
 }
@@ -252,13 +455,23 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError<NodeId>> {
         let op = Op::ReadLogs;
-        self.blocking(op, move |db| {
-            let purged: Option<LogId<NodeId>> = read_meta(db, KEY_PURGED, op)?;
-            let txn = db.begin_read().map_err(op.map())?;
-            let t = txn.open_table(LOG).map_err(op.map())?;
-            let last = match t.last().map_err(op.map())? {
-                Some((_, v)) => Some(decode::<Entry>(v.value(), op)?.log_id),
-                None => None,
+        self.blocking(op, move |s| {
+            let purged: Option<LogId<NodeId>> = read_meta(&s.db, KEY_PURGED, op)?;
+            let pending_last = lock(&s.pending)
+                .entries
+                .last_key_value()
+                .map(|(_, (_, e))| e.log_id);
+            let last = match pending_last {
+                Some(id) => Some(id),
+                None => {
+                    let txn = s.db.begin_read().map_err(op.map())?;
+                    let t = txn.open_table(LOG).map_err(op.map())?;
+                    let last = match t.last().map_err(op.map())? {
+                        Some((_, v)) => Some(decode::<Entry>(v.value(), op)?.log_id),
+                        None => None,
+                    };
+                    last
+                }
             };
             Ok(LogState {
                 last_purged_log_id: purged,
@@ -273,33 +486,35 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError<NodeId>> {
-        self.put_meta(KEY_VOTE, vote, true, Op::WriteVote).await
+        let op = Op::WriteVote;
+        let bytes = encode(vote, op)?;
+        self.write(op, |done| Job::Vote { bytes, done }).await
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError<NodeId>> {
-        self.get_meta(KEY_VOTE, Op::ReadVote).await
+        let op = Op::ReadVote;
+        self.blocking(op, move |s| read_meta(&s.db, KEY_VOTE, op))
+            .await
     }
 
     async fn save_committed(
         &mut self,
         committed: Option<LogId<NodeId>>,
     ) -> Result<(), StorageError<NodeId>> {
-        // Not synced on its own; the next durable commit (an append, a vote) carries it to
-        // disk. On restart openraft applies the log again from the directory's durable
-        // applied id up to this one (the state machine's applies are unsynced too, see
-        // state_machine.rs). Losing the latest value in a crash is safe: the entries after
-        // it stay in the log, since a purge never passes a snapshot and the directory is
-        // durable up to its snapshot, and they are applied as soon as this node learns
-        // the commit index again (from its leader, or at once as a restored sole leader).
-        self.put_meta(KEY_COMMITTED, &committed, false, Op::Write)
-            .await
+        // Not synced on its own; the writer's next transaction (an append, a vote, or the
+        // last one at close) carries it. On restart openraft applies the log again from
+        // the directory's durable applied id up to this one (the state machine's applies
+        // are unsynced too, see state_machine.rs). Losing the latest value in a crash is
+        // safe: the entries after it stay in the log, since a purge never passes a
+        // snapshot and the directory is durable up to its snapshot, and they are applied
+        // as soon as this node learns the commit index again (from its leader, or at once
+        // as a restored sole leader).
+        *lock(&self.shared().committed) = Some(encode(&committed, Op::Write)?);
+        Ok(())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>, StorageError<NodeId>> {
-        Ok(self
-            .get_meta::<Option<LogId<NodeId>>>(KEY_COMMITTED, Op::Read)
-            .await?
-            .flatten())
+        self.blocking(Op::Read, |s| s.committed()).await
     }
 
     async fn append<I>(
@@ -312,43 +527,42 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: OptionalSend,
     {
         let op = Op::WriteLogs;
-        let mut encoded = Vec::new();
-        for e in entries {
-            encoded.push((e.log_id.index, encode(&e, op)?));
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        let mut encoded = Vec::with_capacity(entries.len());
+        for e in &entries {
+            encoded.push(encode(e, op)?);
         }
-        let res = self
-            .blocking(op, move |db| {
-                let mut txn = db.begin_write().map_err(op.map())?;
-                txn.set_durability(Durability::Immediate)
-                    .map_err(op.map())?;
-                {
-                    let mut t = txn.open_table(LOG).map_err(op.map())?;
-                    for (index, bytes) in &encoded {
-                        t.insert(*index, bytes.as_slice()).map_err(op.map())?;
-                    }
-                }
-                txn.commit().map_err(op.map())
-            })
-            .await;
-        match res {
-            Ok(()) => {
-                callback.log_io_completed(Ok(()));
-                Ok(())
-            }
-            Err(e) => {
-                callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
-                Err(e)
-            }
+        // Readable from here on. Queued under the same lock, so the writer gets the
+        // appends in the order they became readable.
+        let mut pending = lock(&self.shared().pending);
+        let mut queued = Vec::with_capacity(entries.len());
+        for (e, bytes) in entries.into_iter().zip(encoded) {
+            let seq = pending.next_seq;
+            pending.next_seq += 1;
+            queued.push((e.log_id.index, seq, bytes));
+            pending.entries.insert(e.log_id.index, (seq, e));
         }
+        self.send(
+            Job::Append {
+                entries: queued,
+                done: callback,
+            },
+            op,
+        )
     }
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
         tracing::debug!(%log_id, "truncating the raft log");
-        self.remove_range(log_id.index.., None).await
+        self.remove_range((Bound::Included(log_id.index), Bound::Unbounded), None)
+            .await
     }
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
         tracing::debug!(%log_id, "purging the raft log");
-        self.remove_range(..=log_id.index, Some(log_id)).await
+        self.remove_range(
+            (Bound::Unbounded, Bound::Included(log_id.index)),
+            Some(log_id),
+        )
+        .await
     }
 }
