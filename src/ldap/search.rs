@@ -17,6 +17,7 @@ use super::filter_wire;
 use super::rootdse;
 use super::session::{Reply, SessionState};
 use super::{codec, Identity, LdapContext};
+use crate::directory::acl::{Acl, AclContext, Requester};
 use crate::directory::entry::StoredEntry;
 use crate::directory::filter::Filter;
 use crate::directory::schema::{AttributeType, Schema};
@@ -294,6 +295,10 @@ struct Job {
     subordinates: bool,
 }
 
+/// What a search hands each entry it found: the rules in force, who asks, the context
+/// of the rules, the entry's id and the entry. Returns false to stop.
+type EachEntry<'e> = dyn FnMut(&Acl, &Requester, &dyn AclContext, u64, StoredEntry) -> bool + 'e;
+
 impl Job {
     /// Run the search in one snapshot, handing each encoded entry to `sink` (which
     /// returns false to stop). With `inline_max`, a search that would read more
@@ -305,6 +310,31 @@ impl Job {
         reply: &Reply,
         inline_max: Option<usize>,
         sink: &mut dyn FnMut(Vec<u8>) -> bool,
+    ) -> Option<Result<directory::SearchEnd, DirError>> {
+        let schema = ctx.dir.schema();
+        self.search(ctx, who, inline_max, &mut |acl, req_who, actx, _, e| {
+            let op = if req_who.admin {
+                render(schema, &e, &self.sel)
+            } else {
+                match acl.readable_entry(schema, req_who, &e, actx) {
+                    Some(readable) => {
+                        render(schema, &for_service(ctx, req_who, readable), &self.sel)
+                    }
+                    None => return true,
+                }
+            };
+            sink(reply.encode(ProtocolOp::SearchResEntry(op)))
+        })
+    }
+
+    /// Run the search in one snapshot, handing `each` every entry that matches and
+    /// that the client may see. With `inline_max`, as [`Job::execute`].
+    fn search(
+        &self,
+        ctx: &Arc<LdapContext>,
+        who: &Identity,
+        inline_max: Option<usize>,
+        each: &mut EachEntry<'_>,
     ) -> Option<Result<directory::SearchEnd, DirError>> {
         let dir = &ctx.dir;
         let checker = match Checker::new(ctx, dir, who) {
@@ -369,19 +399,7 @@ impl Job {
                 Ok(None) => return None,
                 Err(e) => return Some(Err(e)),
             };
-            Some(view.run(&req, plan, |_, e| {
-                let op = if req_who.admin {
-                    render(schema, &e, &self.sel)
-                } else {
-                    match acl.readable_entry(schema, req_who, &e, actx) {
-                        Some(readable) => {
-                            render(schema, &for_service(ctx, req_who, readable), &self.sel)
-                        }
-                        None => return true,
-                    }
-                };
-                sink(reply.encode(ProtocolOp::SearchResEntry(op)))
-            }))
+            Some(view.run(&req, plan, |id, e| each(acl, req_who, actx, id, e)))
         })
     }
 }
@@ -435,76 +453,46 @@ async fn paged(
     page: usize,
     cookie: Vec<u8>,
 ) {
-    let Job {
-        base,
-        scope,
-        filter,
-        sel,
-        size_limit,
-        deadline,
-        subordinates,
-    } = job;
     const MAX_PAGED_PER_CONNECTION: usize = 16;
-    let dir = ctx.dir.clone();
-    let mut search = if cookie.is_empty() {
+    let (job, mut search) = if cookie.is_empty() {
         if page == 0 {
             // Size 0 with no cookie: the client only wants the estimate; we give none.
             return empty_page(reply).await;
         }
-        let (b, f) = (base.clone(), filter.clone());
-        let (ctx2, who) = (ctx.clone(), who.clone());
-        let ids = tokio::task::spawn_blocking(move || {
-            let checker = Checker::new(&ctx2, &dir, &who)?;
-            checker.visible(&b)?;
-            let view = checker.view();
-            let schema = dir.schema();
+        let (ctx2, who2) = (ctx.clone(), who.clone());
+        let found = tokio::task::spawn_blocking(move || {
             let mut ids = Vec::new();
-            checker.with(|acl, req_who, actx| {
-                let see = |e: &StoredEntry| acl.searchable_entry(schema, req_who, e, actx);
-                let req = directory::SearchRequest {
-                    base: &b,
-                    scope,
-                    filter: &f,
-                    size_limit,
-                    deadline,
-                    view: Some(&see),
-                    subordinates,
-                    keep: None,
-                };
-                match view.search(&req, |id, _| {
-                    ids.push(id);
-                    true
-                }) {
-                    Ok(_) | Err(DirError::SizeLimit) => Ok(ids),
-                    Err(e) => Err(e),
-                }
-            })
+            let end = job.search(&ctx2, &who2, None, &mut |_, _, _, id, _| {
+                ids.push(id);
+                true
+            });
+            let ids = match end {
+                None | Some(Ok(_)) | Some(Err(DirError::SizeLimit)) => Ok(ids),
+                Some(Err(e)) => Err(e),
+            };
+            (job, ids)
         })
         .await;
-        let ids = match ids {
-            Ok(Ok(ids)) => ids,
-            other => {
-                finish(
-                    reply,
-                    other.map(|r| r.map(|_| directory::SearchEnd::Complete)),
-                    None,
-                )
-                .await;
-                return;
-            }
+        let (job, ids) = match found {
+            Ok((job, Ok(ids))) => (job, ids),
+            Ok((_, Err(e))) => return finish(reply, Ok(Err(e)), None).await,
+            Err(e) => return finish(reply, Err(e), None).await,
         };
-        PagedSearch {
-            base,
-            filter,
-            scope,
+        let search = PagedSearch {
+            base: job.base.clone(),
+            filter: job.filter.clone(),
+            scope: job.scope,
             total: ids.len(),
             remaining: ids.into(),
-        }
+        };
+        (job, search)
     } else {
         let key = u64::from_be_bytes(cookie.as_slice().try_into().unwrap_or([0; 8]));
         let found = state.paged.lock().ok().and_then(|mut p| p.remove(&key));
         match found {
-            Some(s) if s.base == base && s.filter == filter && s.scope == scope => s,
+            Some(s) if s.base == job.base && s.filter == job.filter && s.scope == job.scope => {
+                (job, s)
+            }
             _ => {
                 reply
                     .send(
@@ -526,12 +514,11 @@ async fn paged(
     let take: Vec<u64> = (0..page)
         .map_while(|_| search.remaining.pop_front())
         .collect();
-    let (dir, ctx2, who2) = (ctx.dir.clone(), ctx.clone(), who.clone());
-    let r = reply.clone();
-    let f = search.filter.clone();
+    let (ctx2, who2, r) = (ctx.clone(), who.clone(), reply.clone());
     let sent = tokio::task::spawn_blocking(move || {
-        let checker = Checker::new(&ctx2, &dir, &who2)?;
-        let view = dir.view()?;
+        let dir = &ctx2.dir;
+        let checker = Checker::new(&ctx2, dir, &who2)?;
+        let view = checker.view();
         let schema = dir.schema();
         checker.with(|acl, req_who, actx| {
             for id in take {
@@ -539,13 +526,15 @@ async fn paged(
                 let Some(e) = view.entry(id)? else { continue };
                 let matches = acl
                     .searchable_entry(schema, req_who, &e, actx)
-                    .is_some_and(|seen| crate::directory::eval::matches(schema, &f, &seen));
+                    .is_some_and(|seen| {
+                        crate::directory::eval::matches(schema, &job.filter, &seen)
+                    });
                 if !matches {
                     continue;
                 }
                 if let Some(readable) = acl.readable_entry(schema, req_who, &e, actx) {
                     let readable = for_service(&ctx2, req_who, readable);
-                    let op = ProtocolOp::SearchResEntry(render(schema, &readable, &sel));
+                    let op = ProtocolOp::SearchResEntry(render(schema, &readable, &job.sel));
                     if !r.send_bytes_blocking(r.encode(op)) {
                         return Ok(directory::SearchEnd::Stopped);
                     }
