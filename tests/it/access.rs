@@ -208,3 +208,56 @@ fn a_domain_administrator_manages_its_domain_only() {
         "nothing was added: {out}"
     );
 }
+
+#[test]
+fn a_paged_search_shows_an_account_what_a_plain_one_does() {
+    let node = Node::start();
+    let (alice, bob) = (node.alice().clone(), node.bob().clone());
+    let me = Some((alice.dn.as_str(), alice.password.as_str()));
+    let search = |extra: &[&str]| {
+        let mut args = vec!["-o", "ldif-wrap=no", "-b", "dc=pigeonair"];
+        args.extend_from_slice(extra);
+        args.extend(["(objectClass=*)", "*"]);
+        let out = as_user(&node, me, "ldapsearch", &args, None);
+        out.assert_ok();
+        out
+    };
+    let plain = search(&["-LLL"]);
+    let paged = search(&["-E", "pr=1/noprompt"]);
+    let dns = |out: &ToolOutput| -> Vec<String> {
+        let mut dns: Vec<String> = parse_ldif(&out.stdout)
+            .iter()
+            .map(|e| e.dn.to_lowercase())
+            .collect();
+        dns.sort();
+        dns
+    };
+    let (plain_dns, paged_dns) = (dns(&plain), dns(&paged));
+    assert!(
+        plain_dns.contains(&bob.dn.to_lowercase()),
+        "alice sees bob: {plain}"
+    );
+    // Her domain and the containers above it; nothing of ou=system or other domains.
+    let domain = EXAMPLE.to_lowercase();
+    assert!(
+        plain_dns
+            .iter()
+            .all(|dn| dn.ends_with(&domain) || domain.ends_with(dn.as_str())),
+        "alice sees only her domain: {plain_dns:?}"
+    );
+    assert_eq!(paged_dns, plain_dns, "page by page, the same entries");
+    assert!(
+        !paged.stdout.contains("userPassword"),
+        "and no password on any page: {paged}"
+    );
+    let pages = paged
+        .stdout
+        .lines()
+        .filter(|l| *l == "result: 0 Success")
+        .count();
+    assert!(
+        pages >= paged_dns.len(),
+        "one entry per page: {pages} pages for {} entries",
+        paged_dns.len()
+    );
+}
