@@ -22,6 +22,8 @@ const STARTUP_DEADLINE: Duration = Duration::from_secs(30);
 const TOOL_DEADLINE: Duration = Duration::from_secs(120);
 /// How many lines of the node's stderr are kept to print when a test fails.
 const TAIL_LINES: usize = 200;
+/// The pause between two probes of [`wait_until`].
+const POLL_PAUSE: Duration = Duration::from_millis(10);
 
 /// The admin password every test node is started with.
 pub const ADMIN_PASSWORD: &str = "Adm1n-Secret-pw";
@@ -353,18 +355,23 @@ fn push_tail(tail: &Tail, line: &str) {
     t.push_back(line.to_string());
 }
 
-/// Poll `cond` every few milliseconds until it holds or `timeout` has passed; returns
-/// whether it held.
+/// Ask `cond` until it holds or `timeout` has passed; returns whether it held.
+///
+/// This is the harness's one polling loop: a wait that is not a blocking receive with a
+/// deadline goes through it. Between two probes it pauses [`POLL_PAUSE`], cut short at
+/// the deadline so it never waits past it, and `cond` is asked once more when the
+/// deadline is reached.
 pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
     loop {
         if cond() {
             return true;
         }
-        if Instant::now() >= deadline {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
             return false;
         }
-        thread::sleep(Duration::from_millis(10));
+        thread::sleep(left.min(POLL_PAUSE));
     }
 }
 

@@ -13,9 +13,8 @@ use std::collections::{BTreeMap, HashSet};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -58,19 +57,32 @@ pub fn binary() -> &'static Path {
     })
 }
 
+/// Call `probe` until it returns `Some` or `deadline` passes; returns what it returned.
+///
+/// This is the harness's one polling loop: a wait that is not a blocking wait with a
+/// deadline goes through it. Between two probes it pauses [`POLL_PAUSE`], cut short at
+/// the deadline so it never waits past it, and `probe` runs once more when the deadline
+/// is reached.
+fn poll_until<T>(deadline: Instant, mut probe: impl FnMut() -> Option<T>) -> Option<T> {
+    loop {
+        if let Some(v) = probe() {
+            return Some(v);
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return None;
+        }
+        std::thread::sleep(left.min(POLL_PAUSE));
+    }
+}
+
 /// Poll `probe` until it returns `Some`, at most `timeout`; panics naming `what` when
 /// the deadline passes.
 #[track_caller]
-pub fn wait_until<T>(what: &str, timeout: Duration, mut probe: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = probe() {
-            return v;
-        }
-        if Instant::now() >= deadline {
-            panic!("timed out after {timeout:?} waiting until {what}");
-        }
-        std::thread::sleep(POLL_PAUSE);
+pub fn wait_until<T>(what: &str, timeout: Duration, probe: impl FnMut() -> Option<T>) -> T {
+    match poll_until(Instant::now() + timeout, probe) {
+        Some(v) => v,
+        None => panic!("timed out after {timeout:?} waiting until {what}"),
     }
 }
 
@@ -95,14 +107,29 @@ fn output_within(mut cmd: Command, timeout: Duration) -> Output {
         let _ = std::io::Read::read_to_end(&mut err_pipe, &mut buf);
         buf
     });
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait for a command") {
-            break status;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let status = child.wait().expect("reap a killed command");
+    // A thread blocks in `wait` and hands the exit status over; this thread waits for it
+    // with the deadline.
+    let pid = child.id();
+    let (tx, exited) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait());
+    });
+    let status = match exited.recv_timeout(timeout) {
+        Ok(status) => status.expect("wait for a command"),
+        Err(RecvTimeoutError::Timeout) => {
+            // The waiter owns the `Child`, so SIGKILL goes by pid through kill(1) (the
+            // tests do not link libc). The pid stays the command's until the waiter reaps
+            // it; only a command exiting in the instant between the deadline and the kill
+            // frees it first, and Linux hands pids out in turn, not a freed one at once.
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+            let status = match exited.recv_timeout(COMMAND_TIMEOUT) {
+                Ok(status) => status.expect("reap a killed command"),
+                Err(e) => panic!("a command (pid {pid}) outlived SIGKILL: {e}"),
+            };
             let mut stderr = err.join().unwrap_or_default();
             stderr.extend_from_slice(b"\n[killed by the test: it did not exit in time]");
             return Output {
@@ -111,7 +138,7 @@ fn output_within(mut cmd: Command, timeout: Duration) -> Output {
                 stderr,
             };
         }
-        std::thread::sleep(Duration::from_millis(5));
+        Err(RecvTimeoutError::Disconnected) => panic!("the thread waiting for a command died"),
     };
     Output {
         status,
@@ -394,7 +421,7 @@ impl TestCluster {
         let mut url = String::new();
         let mut seen = Vec::new();
         loop {
-            match lines.recv_timeout(Duration::from_millis(100)) {
+            match lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
                 Ok(line) => {
                     if let Some(u) = line.strip_prefix("ldap: ") {
                         url = u.to_string();
@@ -548,28 +575,27 @@ impl TestCluster {
         let via = nodes[0];
         let want: Vec<u64> = nodes.iter().map(|i| self.id(*i)).collect();
         let mut last = None;
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Ok(view) = self.status(via) {
-                let views: Option<Vec<&NodeView>> = want.iter().map(|id| view.node(*id)).collect();
-                if let Some(views) = views {
-                    let first = views[0];
-                    if views.iter().all(|v| {
-                        v.applied == first.applied
-                            && v.digest == first.digest
-                            && v.last_log == first.applied
-                    }) {
-                        return (first.applied, first.digest.clone());
-                    }
+        let converged = poll_until(Instant::now() + timeout, || {
+            let view = self.status(via).ok()?;
+            let views: Option<Vec<&NodeView>> = want.iter().map(|id| view.node(*id)).collect();
+            if let Some(views) = views {
+                let first = views[0];
+                if views.iter().all(|v| {
+                    v.applied == first.applied
+                        && v.digest == first.digest
+                        && v.last_log == first.applied
+                }) {
+                    return Some((first.applied, first.digest.clone()));
                 }
-                last = Some(view);
             }
-            if Instant::now() >= deadline {
-                panic!(
-                    "nodes {nodes:?} did not converge within {timeout:?}; last status: {last:#?}"
-                );
-            }
-            std::thread::sleep(POLL_PAUSE);
+            last = Some(view);
+            None
+        });
+        match converged {
+            Some(converged) => converged,
+            None => panic!(
+                "nodes {nodes:?} did not converge within {timeout:?}; last status: {last:#?}"
+            ),
         }
     }
 
@@ -726,7 +752,7 @@ pub struct Ack {
 /// Writer threads adding unique entries through given nodes until stopped, bounded in
 /// count and time. Only adds answered with result code 0 count as acknowledged.
 pub struct WriteLoad {
-    stop: Arc<AtomicBool>,
+    stop: Arc<StopSignal>,
     acks: Arc<Mutex<Vec<Ack>>>,
     threads: Vec<JoinHandle<WriterOutcome>>,
     started: Instant,
@@ -775,7 +801,7 @@ impl WriteLoad {
         max_writes: usize,
         max_time: Duration,
     ) -> WriteLoad {
-        let stop = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(StopSignal::default());
         let acks = Arc::new(Mutex::new(Vec::new()));
         let started = Instant::now();
         let threads = urls
@@ -822,7 +848,7 @@ impl WriteLoad {
 
     /// Stop every writer and collect what they did.
     pub fn stop(self) -> LoadReport {
-        self.stop.store(true, Ordering::SeqCst);
+        self.stop.raise();
         let mut failures = BTreeMap::new();
         let mut refused = Vec::new();
         for t in self.threads {
@@ -841,26 +867,59 @@ impl WriteLoad {
     }
 }
 
+/// Told once that the writers must stop; a writer waiting on it wakes at once.
+#[derive(Default)]
+struct StopSignal {
+    raised: Mutex<bool>,
+    changed: Condvar,
+}
+
+impl StopSignal {
+    fn raise(&self) {
+        *self.raised.lock().unwrap() = true;
+        self.changed.notify_all();
+    }
+
+    fn is_raised(&self) -> bool {
+        *self.raised.lock().unwrap()
+    }
+
+    /// Block until the signal is raised, at most `timeout`.
+    fn wait_at_most(&self, timeout: Duration) {
+        let raised = self.raised.lock().unwrap();
+        let _ = self
+            .changed
+            .wait_timeout_while(raised, timeout, |raised| !*raised)
+            .unwrap();
+    }
+}
+
 fn write_until_stopped(
     url: &str,
     prefix: &str,
     max_writes: usize,
     deadline: Instant,
-    stop: &AtomicBool,
+    stop: &StopSignal,
     acks: &Mutex<Vec<Ack>>,
 ) -> WriterOutcome {
     let mut failures = BTreeMap::new();
     let mut refused = Vec::new();
     let mut conn = None;
     let mut n = 0;
-    while n < max_writes && !stop.load(Ordering::SeqCst) && Instant::now() < deadline {
+    while n < max_writes && !stop.is_raised() && Instant::now() < deadline {
         let c = match conn.as_mut() {
             Some(c) => c,
             None => match admin_conn(url) {
                 Ok(c) => conn.insert(c),
                 Err(_) => {
                     *failures.entry("connect".to_string()).or_insert(0) += 1;
-                    std::thread::sleep(POLL_PAUSE);
+                    // Pause before reconnecting, never past the deadline, and not at all
+                    // once the load is stopped.
+                    stop.wait_at_most(
+                        deadline
+                            .saturating_duration_since(Instant::now())
+                            .min(POLL_PAUSE),
+                    );
                     continue;
                 }
             },
