@@ -231,6 +231,25 @@ impl Shared {
         }
     }
 
+    /// The entries whose index lies in `bounds` when they are all pending (none of them
+    /// written yet); `None` when some may be written.
+    fn pending_only(&self, bounds: (Bound<u64>, Bound<u64>)) -> Option<Vec<Entry>> {
+        let pending = lock(&self.pending);
+        let first = *pending.entries.keys().next()?;
+        let from_pending = match bounds.0 {
+            Bound::Included(start) => start >= first,
+            Bound::Excluded(start) => start >= first.saturating_sub(1),
+            Bound::Unbounded => false,
+        };
+        from_pending.then(|| {
+            pending
+                .entries
+                .range(bounds)
+                .map(|(_, (_, e))| e.clone())
+                .collect()
+        })
+    }
+
     /// The entries whose index lies in `bounds`: written ones, then pending ones.
     fn entries(&self, bounds: (Bound<u64>, Bound<u64>)) -> Result<Vec<Entry>, StErr> {
         // Pending first: an entry the writer commits meanwhile is then either in this
@@ -445,6 +464,11 @@ impl RaftLogReader<TypeConfig> for LogStore {
         range: RB,
     ) -> Result<Vec<Entry>, StorageError<NodeId>> {
         let bounds = (range.start_bound().cloned(), range.end_bound().cloned());
+        // Entries not yet written (what replication and apply mostly ask for) are
+        // copied right here, without a trip to the blocking pool.
+        if let Some(entries) = self.shared().pending_only(bounds) {
+            return Ok(entries);
+        }
         self.blocking(Op::ReadLogs, move |s| s.entries(bounds))
             .await
     }
