@@ -766,13 +766,17 @@ impl Directory {
         let extensible = classes
             .iter()
             .any(|c| c.name().eq_ignore_ascii_case("extensibleObject"));
-        let (must, may) = self.schema.allowed(&classes);
-        for m in &must {
-            if e.get(m).is_none() {
-                return Err(
-                    Violation::ObjectClass(format!("object class requires attribute {m}")).into(),
-                );
-            }
+        let allowed = self.schema.allowed(&classes);
+        let missing = allowed
+            .must
+            .iter()
+            .filter(|at| e.get(at.name()).is_none())
+            .map(|at| at.name().to_ascii_lowercase())
+            .min();
+        if let Some(m) = missing {
+            return Err(
+                Violation::ObjectClass(format!("object class requires attribute {m}")).into(),
+            );
         }
         for a in &e.attrs {
             let Some(at) = self.schema.attr(&a.name) else {
@@ -788,8 +792,7 @@ impl Directory {
             if at.is_operational() || extensible {
                 continue;
             }
-            let lc = at.name().to_ascii_lowercase();
-            if !must.contains(&lc) && !may.contains(&lc) && lc != "objectclass" {
+            if !allowed.allows(at) && !at.name().eq_ignore_ascii_case("objectClass") {
                 return Err(Violation::ObjectClass(format!(
                     "attribute {} is not allowed by the entry's object classes",
                     at.name()

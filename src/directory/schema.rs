@@ -8,7 +8,7 @@
 //! each attribute's matching rules.
 
 use std::cmp::Ordering;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::path::Path;
 
 use super::dn::{Ava, Dn, Rdn};
@@ -1031,26 +1031,45 @@ impl Schema {
         Ok(key_of_normalized(&norm))
     }
 
-    /// Every attribute type an object class set allows: (must, may) by canonical
-    /// lower-case name.
-    pub fn allowed(&self, classes: &[&ObjectClass]) -> (BTreeSet<String>, BTreeSet<String>) {
-        let mut must = BTreeSet::new();
-        let mut may = BTreeSet::new();
+    /// Every attribute type an object class set requires and allows, with their
+    /// superclasses'. Borrows from the schema; nothing is copied.
+    pub fn allowed<'s>(&'s self, classes: &[&'s ObjectClass]) -> Allowed<'s> {
+        let mut must = Vec::new();
+        let mut oids = Vec::new();
         for c in classes {
             for oc in self.class_chain(c) {
-                for a in &oc.must {
-                    if let Some(at) = self.attr(a) {
-                        must.insert(at.name().to_ascii_lowercase());
-                    }
+                for at in oc.must.iter().filter_map(|a| self.attr(a)) {
+                    must.push(at);
+                    oids.push(at.oid.as_str());
                 }
-                for a in &oc.may {
-                    if let Some(at) = self.attr(a) {
-                        may.insert(at.name().to_ascii_lowercase());
-                    }
-                }
+                oids.extend(
+                    oc.may
+                        .iter()
+                        .filter_map(|a| self.attr(a))
+                        .map(|at| at.oid.as_str()),
+                );
             }
         }
-        (must, may)
+        must.sort_by(|a, b| a.oid.cmp(&b.oid));
+        must.dedup_by(|a, b| a.oid == b.oid);
+        oids.sort_unstable();
+        oids.dedup();
+        Allowed { must, oids }
+    }
+}
+
+/// What a set of object classes requires and allows ([`Schema::allowed`]).
+pub struct Allowed<'s> {
+    /// The required attribute types.
+    pub must: Vec<&'s AttributeType>,
+    /// The OIDs of every required or allowed type, sorted.
+    oids: Vec<&'s str>,
+}
+
+impl Allowed<'_> {
+    /// Whether the classes require or allow `at`.
+    pub fn allows(&self, at: &AttributeType) -> bool {
+        self.oids.binary_search(&at.oid.as_str()).is_ok()
     }
 }
 
