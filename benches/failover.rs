@@ -22,15 +22,15 @@ mod common;
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::RecvTimeoutError;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use common::{Lab, NodeStat, StatusView};
 use ldap3::{LdapConn, LdapConnSettings, Scope};
-use serde::Deserialize;
 
 const ADMIN_DN: &str = "cn=admin,ou=system,dc=pigeonair";
 const ADMIN_PW: &str = "failover-bench-pw";
@@ -149,134 +149,30 @@ fn opts() -> Opts {
 }
 
 // ---------------------------------------------------------------------------------
-// Status
-
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(default)]
-struct NodeStat {
-    id: u64,
-    role: String,
-    term: u64,
-    leader: Option<u64>,
-    applied: u64,
-    voters: Vec<u64>,
-    digest: String,
-    error: Option<String>,
-}
-
-#[derive(Debug, Clone, Default, Deserialize)]
-struct StatusView {
-    nodes: Vec<NodeStat>,
-}
-
-impl StatusView {
-    /// The leader every listed node agrees on, when all are reachable, exactly one of
-    /// them is leader, and each reports `voters` voters.
-    fn agreed_leader(&self, expect: usize, voters: usize) -> Option<u64> {
-        if self.nodes.len() != expect || self.nodes.iter().any(|n| n.error.is_some()) {
-            return None;
-        }
-        let leaders: Vec<&NodeStat> = self.nodes.iter().filter(|n| n.role == "leader").collect();
-        if leaders.len() != 1 {
-            return None;
-        }
-        let l = leaders[0].id;
-        let all = self
-            .nodes
-            .iter()
-            .all(|n| n.leader == Some(l) && n.voters.len() == voters);
-        all.then_some(l)
-    }
-
-    /// All reachable, one leader, and the same applied index and digest everywhere.
-    fn converged(&self) -> Option<(u64, String)> {
-        self.agreed_leader(NODES, NODES)?;
-        let first = &self.nodes[0];
-        let same = self.nodes.iter().all(|n| {
-            n.applied == first.applied && n.digest == first.digest && !n.digest.is_empty()
-        });
-        same.then(|| (first.applied, first.digest.clone()))
-    }
-
-    fn brief(&self) -> String {
-        self.nodes
-            .iter()
-            .map(|n| match &n.error {
-                Some(e) => format!("[{}: unreachable: {e}]", n.id),
-                None => format!(
-                    "[{}: {} term {} leader {:?} applied {} voters {:?} digest {}]",
-                    n.id,
-                    n.role,
-                    n.term,
-                    n.leader,
-                    n.applied,
-                    n.voters,
-                    &n.digest[..n.digest.len().min(12)]
-                ),
-            })
-            .collect::<Vec<_>>()
-            .join(" ")
-    }
-}
-
-// ---------------------------------------------------------------------------------
 // Processes
 
 struct Node {
+    /// Its process in the lab, and the stem of its config, data and log names.
+    name: String,
     config: PathBuf,
-    log: PathBuf,
     id: u64,
-    child: Option<Child>,
 }
 
-/// The cluster; dropping it kills every node it started.
+/// The cluster; its lab kills every node it started when dropped.
 struct Cluster {
     bin: PathBuf,
-    dir: Option<tempfile::TempDir>,
-    root: PathBuf,
+    lab: Lab,
     nodes: Vec<Node>,
-    keep: bool,
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        for n in &mut self.nodes {
-            if let Some(mut c) = n.child.take() {
-                let _ = c.kill();
-                let _ = c.wait();
-            }
-        }
-        if std::thread::panicking() {
-            for i in 0..self.nodes.len() {
-                eprintln!(
-                    "--- tail of node {} log ({}) ---\n{}",
-                    i + 1,
-                    self.nodes[i].log.display(),
-                    self.log_tail(i, 30)
-                );
-            }
-        }
-        if self.keep || std::thread::panicking() {
-            if let Some(d) = self.dir.take() {
-                let p = d.keep();
-                eprintln!("failover: kept {}", p.display());
-            }
-        }
-    }
 }
 
 impl Cluster {
     fn new(bin: PathBuf, keep: bool, timing: Timing) -> Cluster {
-        let dir = tempfile::Builder::new()
-            .prefix("pigeonair-failover-")
-            .tempdir()
-            .expect("temp dir");
-        let root = dir.path().to_path_buf();
+        let lab = Lab::new("failover", keep);
         let mut nodes = Vec::new();
         for i in 0..NODES {
             let name = format!("n{}", i + 1);
-            let config = root.join(format!("{name}.toml"));
-            let data = root.join(format!("{name}-data"));
+            let config = lab.root.join(format!("{name}.toml"));
+            let data = lab.root.join(format!("{name}-data"));
             let text = format!(
                 "[node]\nname = {name:?}\ndata_dir = {data:?}\n\n\
                  [ldap]\nlisten = [\"{h}:{LDAP_PORT}\"]\n\n\
@@ -287,19 +183,12 @@ impl Cluster {
             );
             std::fs::write(&config, text).expect("writing a config");
             nodes.push(Node {
+                name,
                 config,
-                log: root.join(format!("{name}.log")),
                 id: 0,
-                child: None,
             });
         }
-        Cluster {
-            bin,
-            dir: Some(dir),
-            root,
-            nodes,
-            keep,
-        }
+        Cluster { bin, lab, nodes }
     }
 
     fn cmd(&self, args: &[&str]) -> Command {
@@ -321,32 +210,17 @@ impl Cluster {
     }
 
     fn log_tail(&self, i: usize, lines: usize) -> String {
-        let text = std::fs::read_to_string(&self.nodes[i].log).unwrap_or_default();
-        let all: Vec<&str> = text.lines().collect();
-        all[all.len().saturating_sub(lines)..].join("\n")
+        common::log_tail(&self.lab.log_path(&self.nodes[i].name), lines)
     }
 
     /// Spawn a long-running node command and wait for `ready` on its stdout.
     fn spawn(&mut self, i: usize, args: &[&str]) {
-        assert!(self.nodes[i].child.is_none(), "node {} already runs", i + 1);
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.nodes[i].log)
-            .expect("node log");
         let mut all: Vec<String> = args.iter().map(|s| s.to_string()).collect();
         all.push("--config".into());
         all.push(self.nodes[i].config.to_str().expect("utf-8").into());
         let all_ref: Vec<&str> = all.iter().map(String::as_str).collect();
-        let mut child = self
-            .cmd(&all_ref)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(log))
-            .spawn()
-            .expect("spawning pigeonair");
-        let lines = common::line_channel(child.stdout.take().expect("piped"));
-        self.nodes[i].child = Some(child);
+        let cmd = self.cmd(&all_ref);
+        let lines = self.lab.spawn(&self.nodes[i].name, cmd);
         let deadline = Instant::now() + READY_TIMEOUT;
         let mut id = None;
         loop {
@@ -367,10 +241,9 @@ impl Cluster {
                     self.log_tail(i, 40)
                 ),
                 Err(RecvTimeoutError::Disconnected) => {
-                    let status = self.nodes[i].child.as_mut().and_then(|c| c.wait().ok());
-                    self.nodes[i].child = None;
+                    self.lab.check_alive(&self.nodes[i].name);
                     panic!(
-                        "node {} (`pigeonair {}`) exited before `ready` ({status:?}); log:\n{}",
+                        "node {} (`pigeonair {}`) closed its stdout before `ready`; log:\n{}",
                         i + 1,
                         args.join(" "),
                         self.log_tail(i, 40)
@@ -391,12 +264,7 @@ impl Cluster {
     }
 
     fn kill(&mut self, i: usize) {
-        let mut c = self.nodes[i]
-            .child
-            .take()
-            .unwrap_or_else(|| panic!("node {} is not running", i + 1));
-        c.kill().expect("SIGKILL");
-        let _ = c.wait();
+        self.lab.stop(&self.nodes[i].name);
     }
 
     fn index_of(&self, id: u64) -> usize {
@@ -931,7 +799,7 @@ fn round(cluster: &mut Cluster, r: usize) -> Round {
         via,
         "all three report the same applied index and digest",
         CLUSTER_TIMEOUT,
-        |v| v.converged(),
+        |v| v.converged(NODES),
     );
     let converge = restart_at.elapsed();
 
@@ -1059,7 +927,7 @@ fn main() {
         );
     }
     let mut cluster = Cluster::new(bin, o.keep, o.timing);
-    eprintln!("failover: cluster in {}", cluster.root.display());
+    eprintln!("failover: cluster in {}", cluster.lab.root.display());
     let t = Instant::now();
     cluster.start_cluster();
     eprintln!(

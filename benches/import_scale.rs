@@ -32,12 +32,13 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::io::{BufWriter, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::Lab;
 use ldap3::{LdapConn, LdapConnSettings, Scope, SearchEntry};
 
 const ADMIN_DN: &str = "cn=admin,ou=system,dc=pigeonair";
@@ -269,7 +270,7 @@ fn run_measured(
             Instant::now() < deadline,
             "{name} did not finish within {timeout:?}; log {}:\n{}",
             log.display(),
-            log_tail(log, 20)
+            common::log_tail(log, 20)
         );
         if time.is_none() {
             if let Some(m) = proc_mem(guard.0.id()) {
@@ -285,7 +286,7 @@ fn run_measured(
         "{name} {:?} failed ({status}); log {}:\n{}",
         args,
         log.display(),
-        log_tail(log, 20)
+        common::log_tail(log, 20)
     );
     match time {
         Some(_) => {
@@ -310,117 +311,6 @@ fn run_measured(
             cpu_secs: None,
             how: "VmHWM polled every 50 ms",
         },
-    }
-}
-
-/// A long-running server and where its stderr goes.
-struct Proc {
-    name: String,
-    log: PathBuf,
-    child: Child,
-}
-
-/// The temporary directory and every server started in it; dropping it kills them.
-struct Lab {
-    dir: Option<tempfile::TempDir>,
-    root: PathBuf,
-    procs: Vec<Proc>,
-    keep: bool,
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        for p in &mut self.procs {
-            let _ = p.child.kill();
-            let _ = p.child.wait();
-        }
-        if std::thread::panicking() {
-            for p in &self.procs {
-                eprintln!(
-                    "--- tail of {} log ({}) ---\n{}",
-                    p.name,
-                    p.log.display(),
-                    log_tail(&p.log, 30)
-                );
-            }
-        }
-        if self.keep || std::thread::panicking() {
-            if let Some(d) = self.dir.take() {
-                eprintln!("import_scale: kept {}", d.keep().display());
-            }
-        }
-    }
-}
-
-fn log_tail(path: &Path, lines: usize) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
-}
-
-impl Lab {
-    fn new(keep: bool) -> Lab {
-        let dir = tempfile::Builder::new()
-            .prefix("pigeonair-import-scale-")
-            .tempdir()
-            .expect("temp dir");
-        let root = dir.path().to_path_buf();
-        Lab {
-            dir: Some(dir),
-            root,
-            procs: Vec::new(),
-            keep,
-        }
-    }
-
-    /// Start `cmd` with stderr to `<root>/<name>.log` and stdout drained; its pid.
-    fn spawn(&mut self, name: &str, mut cmd: Command) -> u32 {
-        let log = self.root.join(format!("{name}.log"));
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .expect("log file");
-        let mut child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(file))
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawning {name}: {e}"));
-        let stdout = child.stdout.take().expect("piped");
-        // Drain stdout so the child never blocks on it.
-        std::thread::spawn(
-            move || for _ in BufReader::new(stdout).lines().map_while(Result::ok) {},
-        );
-        let pid = child.id();
-        self.procs.push(Proc {
-            name: name.to_string(),
-            log,
-            child,
-        });
-        pid
-    }
-
-    fn proc_mut(&mut self, name: &str) -> &mut Proc {
-        self.procs
-            .iter_mut()
-            .find(|p| p.name == name)
-            .unwrap_or_else(|| panic!("no process {name}"))
-    }
-
-    /// Panics when the server `name` has exited.
-    fn check_alive(&mut self, name: &str) {
-        let p = self.proc_mut(name);
-        if let Ok(Some(status)) = p.child.try_wait() {
-            panic!("{name} exited ({status}); log:\n{}", log_tail(&p.log, 40));
-        }
-    }
-
-    /// Kill the server `name` and wait for it.
-    fn stop(&mut self, name: &str) {
-        let p = self.proc_mut(name);
-        let _ = p.child.kill();
-        let _ = p.child.wait();
     }
 }
 
@@ -600,9 +490,7 @@ fn connect_admin(url: &str) -> Result<LdapConn, String> {
         .with_timeout(OP_TIMEOUT)
         .simple_bind(ADMIN_DN, ADMIN_PW)
         .map_err(|e| format!("bind {ADMIN_DN}: {e}"))?;
-    if r.rc != 0 {
-        return Err(format!("bind {ADMIN_DN}: rc {} {}", r.rc, r.text));
-    }
+    common::check_rc("bind", ADMIN_DN, &r)?;
     Ok(c)
 }
 
@@ -705,21 +593,11 @@ fn measure_searches(url: &str, key: Key, o: &Opts, server: &str) -> Lat {
 
 /// Poll an administrator bind until it works; the time it took.
 fn wait_ldap(lab: &mut Lab, name: &str, url: &str, timeout: Duration) -> Duration {
-    let started = Instant::now();
-    loop {
-        lab.check_alive(name);
-        match connect_admin(url) {
-            Ok(mut c) => {
-                let _ = c.unbind();
-                return started.elapsed();
-            }
-            Err(e) => assert!(
-                started.elapsed() < timeout,
-                "{name} did not accept the administrator's bind within {timeout:?}: {e}"
-            ),
-        }
-        std::thread::sleep(POLL);
-    }
+    lab.wait_admin_bind(name, timeout, POLL, || {
+        connect_admin(url).map(|mut c| {
+            let _ = c.unbind();
+        })
+    })
 }
 
 // ---------------------------------------------------------------------------------
@@ -807,7 +685,8 @@ fn run_pigeonair(lab: &mut Lab, bin: &Path, ldif: &Path, o: &Opts) -> Result1 {
     run.args(["run", "--config"])
         .arg(&config)
         .env("PIGEONAIR_LOG", pa_log_env());
-    let pid = lab.spawn("pigeonair", run);
+    let _ = lab.spawn("pigeonair", run);
+    let pid = lab.pid("pigeonair");
     let url = format!("ldap://{PA_HOST}:{LDAP_PORT}");
     r.start = wait_ldap(lab, "pigeonair", &url, Duration::from_secs(300));
     eprintln!(
@@ -950,7 +829,8 @@ fn run_slapd(lab: &mut Lab, ol: &OpenLdap, ldif: &Path, admin_hash: &str, o: &Op
         .arg(format!("{url}/"))
         .arg("-f")
         .arg(&conf);
-    let pid = lab.spawn("slapd", cmd);
+    let _ = lab.spawn("slapd", cmd);
+    let pid = lab.pid("slapd");
     r.start = wait_ldap(lab, "slapd", &url, COMMAND_TIMEOUT);
     r.cpu_settled = cpu_time(pid);
     r.mem_settled = proc_mem(pid);
@@ -1122,7 +1002,7 @@ fn main() {
     let o = opts();
     let ol = find_openldap();
     let bin = common::pigeonair_binary(o.bench_mode, "import_scale");
-    let mut lab = Lab::new(o.keep);
+    let mut lab = Lab::new("import_scale", o.keep);
     let load_before = loadavg();
     eprintln!(
         "import_scale: {} mode, {} accounts, {} searches per filter, in {}; load average {}",

@@ -41,14 +41,14 @@ mod common;
 use std::collections::HashSet;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::mpsc::RecvTimeoutError;
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
+use common::{Lab, StatusView};
 use ldap3::{LdapConn, LdapConnSettings, Mod, Scope, SearchEntry};
-use serde::Deserialize;
 
 const ADMIN_DN: &str = "cn=admin,ou=system,dc=pigeonair";
 const ADMIN_PW: &str = "ldap-load-admin-pw";
@@ -216,105 +216,6 @@ fn find_openldap() -> OpenLdap {
 }
 
 // ---------------------------------------------------------------------------------
-// Processes
-
-/// A long-running child (a PigeonAir node or slapd) and where its stderr goes.
-struct Proc {
-    name: String,
-    log: PathBuf,
-    child: Child,
-}
-
-/// The temporary directory and every server started in it; dropping it kills them.
-struct Lab {
-    dir: Option<tempfile::TempDir>,
-    root: PathBuf,
-    procs: Vec<Proc>,
-    keep: bool,
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        for p in &mut self.procs {
-            let _ = p.child.kill();
-            let _ = p.child.wait();
-        }
-        if std::thread::panicking() {
-            for p in &self.procs {
-                eprintln!(
-                    "--- tail of {} log ({}) ---\n{}",
-                    p.name,
-                    p.log.display(),
-                    log_tail(&p.log, 30)
-                );
-            }
-        }
-        if self.keep || std::thread::panicking() {
-            if let Some(d) = self.dir.take() {
-                eprintln!("ldap_load: kept {}", d.keep().display());
-            }
-        }
-    }
-}
-
-fn log_tail(path: &Path, lines: usize) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
-}
-
-impl Lab {
-    fn new(keep: bool) -> Lab {
-        let dir = tempfile::Builder::new()
-            .prefix("pigeonair-ldap-load-")
-            .tempdir()
-            .expect("temp dir");
-        let root = dir.path().to_path_buf();
-        Lab {
-            dir: Some(dir),
-            root,
-            procs: Vec::new(),
-            keep,
-        }
-    }
-
-    /// Start `cmd` with stderr to `<root>/<name>.log`; returns its stdout lines.
-    fn spawn(&mut self, name: &str, mut cmd: Command) -> Receiver<String> {
-        let log = self.root.join(format!("{name}.log"));
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .expect("log file");
-        let mut child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(file))
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawning {name}: {e}"));
-        let lines = common::line_channel(child.stdout.take().expect("piped"));
-        self.procs.push(Proc {
-            name: name.to_string(),
-            log,
-            child,
-        });
-        lines
-    }
-
-    /// Panics when the child `name` has exited.
-    fn check_alive(&mut self, name: &str) {
-        let p = self
-            .procs
-            .iter_mut()
-            .find(|p| p.name == name)
-            .expect("a started process");
-        if let Ok(Some(status)) = p.child.try_wait() {
-            panic!("{name} exited ({status}); log:\n{}", log_tail(&p.log, 40));
-        }
-    }
-}
-
-// ---------------------------------------------------------------------------------
 // Data
 
 /// The password of account `k` and the index of its hash.
@@ -436,90 +337,14 @@ fn start_slapd(lab: &mut Lab, ol: &OpenLdap, accounts_ldif: &Path, admin_hash: &
         .arg("-d")
         .arg("0");
     let _ = lab.spawn("slapd", cmd);
-    let deadline = Instant::now() + COMMAND_TIMEOUT;
-    loop {
-        lab.check_alive("slapd");
-        match connect_admin(&ldap_url(SLAPD_HOST)) {
-            Ok(_) => break,
-            Err(e) if Instant::now() >= deadline => {
-                panic!(
-                    "slapd did not accept the administrator's bind within {COMMAND_TIMEOUT:?}: {e}"
-                )
-            }
-            Err(_) => std::thread::sleep(POLL),
-        }
-    }
+    lab.wait_admin_bind("slapd", COMMAND_TIMEOUT, POLL, || {
+        connect_admin(&ldap_url(SLAPD_HOST)).map(drop)
+    });
     load
 }
 
 // ---------------------------------------------------------------------------------
 // PigeonAir
-
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(default)]
-struct NodeStat {
-    id: u64,
-    role: String,
-    term: u64,
-    leader: Option<u64>,
-    applied: u64,
-    voters: Vec<u64>,
-    digest: String,
-    snapshot_index: Option<u64>,
-    purged_index: Option<u64>,
-    error: Option<String>,
-}
-
-#[derive(Debug, Clone, Default, Deserialize)]
-struct StatusView {
-    nodes: Vec<NodeStat>,
-}
-
-impl StatusView {
-    /// The leader and its term, when `expect` nodes answer, each with `expect` voters,
-    /// the same leader, applied index and digest.
-    fn converged(&self, expect: usize) -> Option<(u64, u64)> {
-        if self.nodes.len() != expect || self.nodes.iter().any(|n| n.error.is_some()) {
-            return None;
-        }
-        let leaders: Vec<&NodeStat> = self.nodes.iter().filter(|n| n.role == "leader").collect();
-        if leaders.len() != 1 {
-            return None;
-        }
-        let (l, term) = (leaders[0].id, leaders[0].term);
-        let first = &self.nodes[0];
-        self.nodes
-            .iter()
-            .all(|n| {
-                n.leader == Some(l)
-                    && n.voters.len() == expect
-                    && n.applied == first.applied
-                    && n.digest == first.digest
-                    && !n.digest.is_empty()
-            })
-            .then_some((l, term))
-    }
-
-    fn brief(&self) -> String {
-        self.nodes
-            .iter()
-            .map(|n| match &n.error {
-                Some(e) => format!("[{}: unreachable: {e}]", n.id),
-                None => format!(
-                    "[{}: {} term {} leader {:?} applied {} voters {:?} digest {}]",
-                    n.id,
-                    n.role,
-                    n.term,
-                    n.leader,
-                    n.applied,
-                    n.voters,
-                    &n.digest[..n.digest.len().min(12)]
-                ),
-            })
-            .collect::<Vec<_>>()
-            .join(" ")
-    }
-}
 
 /// A PigeonAir node of this benchmark.
 struct PaNode {
@@ -705,11 +530,7 @@ fn bind(c: &mut LdapConn, dn: &str, pw: &str) -> Result<(), String> {
         .with_timeout(OP_TIMEOUT)
         .simple_bind(dn, pw)
         .map_err(|e| format!("bind {dn}: {e}"))?;
-    if r.rc == 0 {
-        Ok(())
-    } else {
-        Err(format!("bind {dn}: rc {} {}", r.rc, r.text))
-    }
+    common::check_rc("bind", dn, &r)
 }
 
 fn connect_admin(url: &str) -> Result<LdapConn, String> {
@@ -729,9 +550,7 @@ fn search_mail(c: &mut LdapConn, k: usize) -> Result<(), String> {
         .with_timeout(OP_TIMEOUT)
         .search(SUFFIX, Scope::Subtree, &filter, vec!["mail", "mailHost"])
         .map_err(|e| format!("search {filter}: {e}"))?;
-    if r.1.rc != 0 {
-        return Err(format!("search {filter}: rc {} {}", r.1.rc, r.1.text));
-    }
+    common::check_rc("search", &filter, &r.1)?;
     if r.0.len() != 1 {
         return Err(format!("search {filter}: {} entries", r.0.len()));
     }
@@ -765,11 +584,7 @@ fn add_account(c: &mut LdapConn, uid: &str, hash: &str) -> Result<(), String> {
         .with_timeout(OP_TIMEOUT)
         .add(&dn, attrs)
         .map_err(|e| format!("add {dn}: {e}"))?;
-    if r.rc == 0 {
-        Ok(())
-    } else {
-        Err(format!("add {dn}: rc {} {}", r.rc, r.text))
-    }
+    common::check_rc("add", &dn, &r)
 }
 
 fn modify_description(c: &mut LdapConn, k: usize, text: &str) -> Result<(), String> {
@@ -782,11 +597,7 @@ fn modify_description(c: &mut LdapConn, k: usize, text: &str) -> Result<(), Stri
         .with_timeout(OP_TIMEOUT)
         .modify(&dn, mods)
         .map_err(|e| format!("modify {dn}: {e}"))?;
-    if r.rc == 0 {
-        Ok(())
-    } else {
-        Err(format!("modify {dn}: rc {} {}", r.rc, r.text))
-    }
+    common::check_rc("modify", &dn, &r)
 }
 
 // ---------------------------------------------------------------------------------
@@ -1241,7 +1052,7 @@ fn main() {
     let ol = find_openldap();
     let bin = common::pigeonair_binary(o.bench_mode, "ldap_load");
     let pa = PigeonAir { bin };
-    let mut lab = Lab::new(o.keep);
+    let mut lab = Lab::new("ldap_load", o.keep);
     eprintln!(
         "ldap_load: {} mode, {} accounts, {} s or {} ops per row, in {}",
         if o.bench_mode {
@@ -1342,14 +1153,7 @@ fn main() {
     let mut leader = leader_index(first_leader.0);
     // Terms and leaders seen at each check: a change means an election during the run.
     let mut leaders_seen = vec![first_leader];
-    let pid_of = |name: &str| {
-        lab.procs
-            .iter()
-            .find(|p| p.name == name)
-            .map(|p| p.child.id())
-            .expect("a started process")
-    };
-    let cluster_pids: Vec<u32> = cluster.iter().map(|n| pid_of(&n.name)).collect();
+    let cluster_pids: Vec<u32> = cluster.iter().map(|n| lab.pid(&n.name)).collect();
     let cluster_target = |leader: usize| Target {
         name: "PigeonAir 3 nodes",
         read_urls: if o.spread_reads {
@@ -1366,13 +1170,13 @@ fn main() {
             name: "slapd",
             read_urls: vec![ldap_url(SLAPD_HOST)],
             write_url: ldap_url(SLAPD_HOST),
-            pids: vec![pid_of("slapd")],
+            pids: vec![lab.pid("slapd")],
         },
         Target {
             name: "PigeonAir 1 node",
             read_urls: vec![ldap_url(&single.host)],
             write_url: ldap_url(&single.host),
-            pids: vec![pid_of(&single.name)],
+            pids: vec![lab.pid(&single.name)],
         },
         cluster_target(leader),
     ];
