@@ -151,10 +151,13 @@ struct Shared {
 }
 
 impl Shared {
-    /// Commit `jobs` (and the committed id, if one is waiting) in one transaction,
-    /// synced when `durable`.
-    fn commit(&self, jobs: &[Job], durable: bool) -> Result<(), redb::Error> {
-        let committed = lock(&self.committed).take();
+    /// Commit `jobs` and the `committed` id in one transaction, synced when `durable`.
+    fn commit(
+        &self,
+        jobs: &[Job],
+        committed: Option<Vec<u8>>,
+        durable: bool,
+    ) -> Result<(), redb::Error> {
         if jobs.is_empty() && committed.is_none() {
             return Ok(());
         }
@@ -211,6 +214,10 @@ impl Shared {
     /// then write the last committed id.
     fn write_loop(&self, rx: mpsc::Receiver<Job>) {
         while let Ok(first) = rx.recv() {
+            // The committed id is taken before the queue is drained: openraft saves it
+            // after queueing the entries it covers, so they are all in this batch or
+            // already written, and the id never names an entry the log does not hold.
+            let mut committed = lock(&self.committed).take();
             let mut jobs = vec![first];
             while jobs.len() < MAX_BATCH {
                 match rx.try_recv() {
@@ -218,7 +225,16 @@ impl Shared {
                     Err(_) => break,
                 }
             }
-            let result = self.commit(&jobs, true).map_err(|e| e.to_string());
+            if jobs.len() == MAX_BATCH {
+                // More may be queued, the entries the id covers among them: it waits.
+                let mut slot = lock(&self.committed);
+                if slot.is_none() {
+                    *slot = committed.take();
+                }
+            }
+            let result = self
+                .commit(&jobs, committed, true)
+                .map_err(|e| e.to_string());
             if result.is_ok() {
                 self.forget_written(&jobs);
             }
@@ -226,7 +242,8 @@ impl Shared {
                 job.finish(&result);
             }
         }
-        if let Err(e) = self.commit(&[], true) {
+        let committed = lock(&self.committed).take();
+        if let Err(e) = self.commit(&[], committed, true) {
             tracing::warn!(error = %e, "cannot save the committed log id at close");
         }
     }
