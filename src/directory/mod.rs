@@ -968,8 +968,10 @@ impl Directory {
         w.index_insert(&added, id)?;
         if old.key != new.key {
             w.remove_key(&old.key)?;
+            w.put_entry(id, new)?;
+        } else {
+            w.put_body(id, new)?;
         }
-        w.put_entry(id, new)?;
         Ok(())
     }
 

@@ -344,6 +344,11 @@ impl WriteBatch {
     /// Store an entry under its id and DN key (replacing what was there).
     pub fn put_entry(&mut self, id: u64, entry: &StoredEntry) -> Result<(), StoreError> {
         self.txn.open_table(DN2ID)?.insert(entry.key.as_str(), id)?;
+        self.put_body(id, entry)
+    }
+
+    /// Replace an entry's body; its DN key, unchanged, stays as it is.
+    pub fn put_body(&mut self, id: u64, entry: &StoredEntry) -> Result<(), StoreError> {
         self.txn
             .open_table(ENTRIES)?
             .insert(id, encode(entry).as_slice())?;
