@@ -701,6 +701,70 @@ impl Drop for StateMachine {
     }
 }
 
+/// Apply `entries` in order. A run of two or more directory requests shares one
+/// directory transaction ([`Directory::apply_requests`]); other entries, and a run in
+/// which a request is refused, are applied one by one.
+fn apply_entries(shared: &Shared, entries: &[Entry]) -> Result<Vec<ClusterResponse>, StErr> {
+    let mut out = Vec::with_capacity(entries.len());
+    let mut rest = entries;
+    while let Some(first) = rest.first() {
+        let run = rest.iter().take_while(|e| request(e).is_some()).count();
+        if run >= 2 {
+            let (batch, tail) = rest.split_at(run);
+            match apply_batch(shared, batch)? {
+                Some(responses) => out.extend(responses),
+                None => {
+                    for e in batch {
+                        out.push(apply_entry(shared, e)?);
+                    }
+                }
+            }
+            rest = tail;
+        } else {
+            out.push(apply_entry(shared, first)?);
+            rest = &rest[1..];
+        }
+    }
+    Ok(out)
+}
+
+/// The directory request an entry carries: its id, its position (the log index) and
+/// the command.
+fn request(entry: &Entry) -> Option<(&str, u64, &crate::directory::DirectoryCommand)> {
+    match &entry.payload {
+        EntryPayload::Normal(ClusterRequest::Directory { id, cmd }) => {
+            Some((id.as_str(), entry.log_id.index, cmd))
+        }
+        _ => None,
+    }
+}
+
+/// Apply a run of directory requests in one unsynced transaction that records the last
+/// one's log id; `None` when one was refused and nothing was written.
+fn apply_batch(shared: &Shared, batch: &[Entry]) -> Result<Option<Vec<ClusterResponse>>, StErr> {
+    let Some(last) = batch.last().map(|e| e.log_id) else {
+        return Ok(Some(Vec::new()));
+    };
+    let apply_err = |e: AnyError| -> StErr { StorageIOError::apply(last, e).into() };
+    let applied = encode(&last).map_err(apply_err)?;
+    let requests: Vec<_> = batch.iter().filter_map(request).collect();
+    let outcomes = shared
+        .dir
+        .apply_requests(&requests, &[(META_APPLIED, &applied)])
+        .map_err(|e| apply_err(AnyError::new(&e)))?;
+    let Some(outcomes) = outcomes else {
+        return Ok(None);
+    };
+    for (_, _, cmd) in &requests {
+        shared.applied_unsynced();
+        if shared.touches_settings(cmd) {
+            shared.settings_may_have_changed();
+        }
+    }
+    shared.set_applied(last.index);
+    Ok(Some(outcomes.into_iter().map(ClusterResponse).collect()))
+}
+
 /// Apply one entry in one directory transaction, unsynced (see the module docs).
 fn apply_entry(shared: &Shared, entry: &Entry) -> Result<ClusterResponse, StErr> {
     let response = apply_to(&shared.dir, entry)?;
@@ -834,8 +898,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         if entries.is_empty() {
             return Ok(Vec::new());
         }
-        self.blocking(move |s| entries.iter().map(|e| apply_entry(s, e)).collect())
-            .await
+        self.blocking(move |s| apply_entries(s, &entries)).await
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
@@ -1084,6 +1147,68 @@ mod tests {
         let mut sm2 = StateMachine::open(dir, tmp.path()).unwrap();
         assert_eq!(sm2.applied_index(), 4);
         assert_eq!(sm2.applied_state().await.unwrap().0, Some(log_id(1, 4)));
+    }
+
+    /// A run of requests applied in one call (one shared transaction, or one by one
+    /// after a refusal) answers and writes what one call per entry does: a retried
+    /// request id within the run is answered from its record, not applied again.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_run_of_requests_applies_as_one_call_per_entry_would() {
+        let retried = |index: u64, id: &str, cmd: DirectoryCommand| Entry {
+            log_id: log_id(1, index),
+            payload: EntryPayload::Normal(ClusterRequest::Directory { id: id.into(), cmd }),
+        };
+        let calls = || {
+            vec![
+                vec![
+                    membership(1, 1),
+                    normal(1, 2, suffix()),
+                    normal(1, 3, ou("a")),
+                    normal(1, 4, ou("b")),
+                    normal(1, 5, ou("c")),
+                ],
+                // Answered from the record the run above wrote.
+                vec![retried(6, "test-4", ou("b"))],
+                vec![
+                    retried(7, "test-3", ou("a")),
+                    normal(1, 8, ou("a")),
+                    normal(1, 9, ou("d")),
+                ],
+            ]
+        };
+        let (one, each) = (TempDir::new().unwrap(), TempDir::new().unwrap());
+        let mut sm_one = StateMachine::open(open_dir(one.path()), one.path()).unwrap();
+        let mut sm_each = StateMachine::open(open_dir(each.path()), each.path()).unwrap();
+        let (mut by_run, mut by_entry) = (Vec::new(), Vec::new());
+        for call in calls() {
+            by_run.extend(sm_one.apply(call.clone()).await.unwrap());
+            for e in call {
+                by_entry.extend(sm_each.apply([e]).await.unwrap());
+            }
+        }
+        let answers = |out: &[ClusterResponse]| -> Vec<String> {
+            out.iter().map(|r| format!("{:?}", r.0)).collect()
+        };
+        assert_eq!(answers(&by_run), answers(&by_entry));
+        assert!(by_run[5].0.is_ok(), "a retry is answered from its record");
+        assert!(by_run[6].0.is_ok(), "a retry is answered from its record");
+        assert!(
+            matches!(by_run[7].0, Err(crate::directory::DirError::AlreadyExists)),
+            "{:?}",
+            by_run[7].0
+        );
+        for sm in [&sm_one, &sm_each] {
+            assert_eq!(sm.applied_index(), 9);
+            for name in ["a", "b", "c", "d"] {
+                let dn = format!("ou={name},dc=pigeonair");
+                let found = sm.directory().view().unwrap().find(&dn).unwrap();
+                assert!(found.is_some(), "{dn}");
+            }
+        }
+        assert_eq!(
+            sm_one.directory().digest().unwrap(),
+            sm_each.directory().digest().unwrap()
+        );
     }
 
     #[tokio::test(flavor = "multi_thread")]

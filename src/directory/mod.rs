@@ -273,6 +273,38 @@ pub const VIRTUAL_ATTRS: &[&str] = &["entryDN", "hasSubordinates", "subschemaSub
 /// The DN of the subschema subentry.
 pub const SUBSCHEMA_DN: &str = "cn=Subschema";
 
+/// The outcome recorded for `request_id`, when it was applied among the last
+/// [`REQUEST_MEMORY`] requests.
+fn recorded_outcome(
+    w: &WriteBatch,
+    request_id: &str,
+) -> Result<Option<Result<(), DirError>>, StoreError> {
+    let Some(raw) = w.meta(&format!("req/{request_id}"))? else {
+        return Ok(None);
+    };
+    bincode::serde::decode_from_slice(&raw, bincode::config::standard())
+        .map(|(o, _)| Some(o))
+        .map_err(|e| StoreError(format!("corrupt request record: {e}")))
+}
+
+/// Record the outcome of `request_id`, applied at `position`, in the slot of the ring
+/// that `position` picks, forgetting the request the slot held.
+fn record_outcome(
+    w: &mut WriteBatch,
+    request_id: &str,
+    position: u64,
+    outcome: &Result<(), DirError>,
+) -> Result<(), StoreError> {
+    let slot = format!("reqring/{}", position % REQUEST_MEMORY);
+    if let Some(old) = w.meta(&slot)? {
+        w.remove_meta(&format!("req/{}", String::from_utf8_lossy(&old)))?;
+    }
+    w.set_meta(&slot, request_id.as_bytes())?;
+    let encoded = bincode::serde::encode_to_vec(outcome, bincode::config::standard())
+        .map_err(|e| StoreError(e.to_string()))?;
+    w.set_meta(&format!("req/{request_id}"), &encoded)
+}
+
 /// The directory of one node.
 pub struct Directory {
     schema: Arc<Schema>,
@@ -443,27 +475,47 @@ impl Directory {
         cmd: &DirectoryCommand,
         meta: &[(&str, &[u8])],
     ) -> Result<Result<(), DirError>, StoreError> {
-        let record = format!("req/{request_id}");
-        let config = bincode::config::standard();
         let w = self.store.write_unsynced()?;
-        if let Some(raw) = w.meta(&record)? {
-            let outcome: Result<(), DirError> = bincode::serde::decode_from_slice(&raw, config)
-                .map(|(o, _)| o)
-                .map_err(|e| StoreError(format!("corrupt request record: {e}")))?;
+        if let Some(outcome) = recorded_outcome(&w, request_id)? {
             // Nothing is applied again; only the meta is written (its inner result is Ok).
             let _ = self.apply_and_record(w, None, meta, |_, _| Ok(()))?;
             return Ok(outcome);
         }
         self.apply_and_record(w, Some(cmd), meta, |w, out| {
-            let slot = format!("reqring/{}", position % REQUEST_MEMORY);
-            if let Some(old) = w.meta(&slot)? {
-                w.remove_meta(&format!("req/{}", String::from_utf8_lossy(&old)))?;
-            }
-            w.set_meta(&slot, request_id.as_bytes())?;
-            let encoded = bincode::serde::encode_to_vec(out, config)
-                .map_err(|e| StoreError(e.to_string()))?;
-            w.set_meta(&record, &encoded)
+            record_outcome(w, request_id, position, out)
         })
+    }
+
+    /// Apply requests `(request id, position, command)` in order in one unsynced
+    /// transaction, with the same outcomes and the same writes as
+    /// [`Directory::apply_request`] one after the other. When one is refused (any error
+    /// but a storage failure) nothing is written and the answer is `None`: apply them
+    /// one by one instead, so that the refused one leaves no trace.
+    pub fn apply_requests(
+        &self,
+        requests: &[(&str, u64, &DirectoryCommand)],
+        meta: &[(&str, &[u8])],
+    ) -> Result<Option<Vec<Result<(), DirError>>>, StoreError> {
+        let mut w = self.store.write_unsynced()?;
+        let mut outcomes = Vec::with_capacity(requests.len());
+        for &(request_id, position, cmd) in requests {
+            if let Some(outcome) = recorded_outcome(&w, request_id)? {
+                outcomes.push(outcome);
+                continue;
+            }
+            match self.apply_in(&mut w, cmd) {
+                Ok(()) => {}
+                Err(DirError::Store(e)) => return Err(e),
+                Err(_) => return Ok(None),
+            }
+            record_outcome(&mut w, request_id, position, &Ok(()))?;
+            outcomes.push(Ok(()));
+        }
+        for (k, v) in meta {
+            w.set_meta(k, v)?;
+        }
+        w.commit()?;
+        Ok(Some(outcomes))
     }
 
     /// Set a metadata flag durably.
