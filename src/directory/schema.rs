@@ -648,8 +648,19 @@ pub enum Violation {
 pub struct Schema {
     attrs: Vec<AttributeType>,
     classes: Vec<ObjectClass>,
+    /// Per class (same order as `classes`): what it and its superclasses require and
+    /// allow, resolved once.
+    class_attrs: Vec<ClassAttrs>,
     attr_by_name: NameMap,
     class_by_name: NameMap,
+}
+
+/// The attribute types a class and its superclasses require and allow, as indexes
+/// into the schema's attribute types, sorted.
+#[derive(Debug, Clone, Default)]
+struct ClassAttrs {
+    must: Vec<usize>,
+    allowed: Vec<usize>,
 }
 
 /// Lower-cased names and OIDs to indexes. Looked up for every attribute of every entry a
@@ -841,6 +852,27 @@ impl Schema {
                 }
             }
         }
+        let index = |a: &String| lookup_folded(&self.attr_by_name, a);
+        self.class_attrs = self
+            .classes
+            .iter()
+            .map(|oc| {
+                let chain = self.class_chain(oc);
+                let mut must: Vec<usize> = chain
+                    .iter()
+                    .flat_map(|c| c.must.iter().filter_map(index))
+                    .collect();
+                let mut allowed: Vec<usize> = chain
+                    .iter()
+                    .flat_map(|c| c.must.iter().chain(&c.may).filter_map(index))
+                    .collect();
+                must.sort_unstable();
+                must.dedup();
+                allowed.sort_unstable();
+                allowed.dedup();
+                ClassAttrs { must, allowed }
+            })
+            .collect();
         Ok(())
     }
 
@@ -1032,44 +1064,44 @@ impl Schema {
     }
 
     /// Every attribute type an object class set requires and allows, with their
-    /// superclasses'. Borrows from the schema; nothing is copied.
-    pub fn allowed<'s>(&'s self, classes: &[&'s ObjectClass]) -> Allowed<'s> {
-        let mut must = Vec::new();
-        let mut oids = Vec::new();
-        for c in classes {
-            for oc in self.class_chain(c) {
-                for at in oc.must.iter().filter_map(|a| self.attr(a)) {
-                    must.push(at);
-                    oids.push(at.oid.as_str());
-                }
-                oids.extend(
-                    oc.may
-                        .iter()
-                        .filter_map(|a| self.attr(a))
-                        .map(|at| at.oid.as_str()),
-                );
-            }
+    /// superclasses' (resolved when the schema was loaded).
+    pub fn allowed<'s>(&'s self, classes: &[&ObjectClass]) -> Allowed<'s> {
+        let classes: Vec<usize> = classes
+            .iter()
+            .filter_map(|c| lookup_folded(&self.class_by_name, &c.oid))
+            .collect();
+        let mut must: Vec<usize> = classes
+            .iter()
+            .flat_map(|&c| self.class_attrs[c].must.iter().copied())
+            .collect();
+        must.sort_unstable();
+        must.dedup();
+        Allowed {
+            schema: self,
+            must: must.into_iter().map(|i| &self.attrs[i]).collect(),
+            classes,
         }
-        must.sort_by(|a, b| a.oid.cmp(&b.oid));
-        must.dedup_by(|a, b| a.oid == b.oid);
-        oids.sort_unstable();
-        oids.dedup();
-        Allowed { must, oids }
     }
 }
 
 /// What a set of object classes requires and allows ([`Schema::allowed`]).
 pub struct Allowed<'s> {
+    schema: &'s Schema,
     /// The required attribute types.
     pub must: Vec<&'s AttributeType>,
-    /// The OIDs of every required or allowed type, sorted.
-    oids: Vec<&'s str>,
+    /// The classes, as indexes into the schema's.
+    classes: Vec<usize>,
 }
 
 impl Allowed<'_> {
     /// Whether the classes require or allow `at`.
     pub fn allows(&self, at: &AttributeType) -> bool {
-        self.oids.binary_search(&at.oid.as_str()).is_ok()
+        let Some(i) = lookup_folded(&self.schema.attr_by_name, &at.oid) else {
+            return false;
+        };
+        self.classes
+            .iter()
+            .any(|&c| self.schema.class_attrs[c].allowed.binary_search(&i).is_ok())
     }
 }
 
