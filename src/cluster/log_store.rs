@@ -9,10 +9,12 @@
 //! requires its log and vote writes to be serialised). It takes whatever is queued when
 //! it wakes and commits it in one transaction, so concurrent writes share one sync:
 //!
-//! - `append` returns as soon as the entries are queued and readable (from `pending`,
-//!   until the writer committed them); openraft replicates them meanwhile, and the
-//!   writer reports them flushed once their transaction is synced
-//!   ([`Durability::Immediate`]). A leader's own sync thus overlaps its followers'.
+//! - `append` returns as soon as the entries are queued and readable (from the `tail`
+//!   kept in memory); openraft replicates them meanwhile, and the writer reports them
+//!   flushed once their transaction is synced ([`Durability::Immediate`]). A leader's
+//!   own sync thus overlaps its followers'.
+//! - The tail also keeps the last [`KEEP_WRITTEN`] entries written, so replication and
+//!   apply, which mostly read the newest entries, read them from memory.
 //! - `save_vote`, `truncate` and `purge` wait until their transaction is synced.
 //! - `save_committed` only records the id; the writer's next transaction carries it
 //!   (and the last one, when the store closes). Losing it in a crash is safe, see
@@ -51,6 +53,9 @@ const KEY_PURGED: &str = "last_purged_log_id";
 
 /// The file name of the log database inside the data directory.
 pub const LOG_FILE: &str = "raft-log.redb";
+
+/// How many written entries the in-memory tail keeps at most.
+const KEEP_WRITTEN: usize = 1024;
 
 /// At most this many queued writes go into one transaction.
 const MAX_BATCH: usize = 1024;
@@ -102,7 +107,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// One write for the writer thread.
 enum Job {
-    /// Entries `(index, sequence number in pending, bytes)`; `done` reports the sync.
+    /// Entries `(index, sequence number in the tail, bytes)`; `done` reports the sync.
     Append {
         entries: Vec<(u64, u64, Vec<u8>)>,
         done: LogFlushed<TypeConfig>,
@@ -134,18 +139,23 @@ impl Job {
     }
 }
 
-/// Appended entries the writer has not committed yet: index → (sequence number, entry).
-/// Always the tail of the log.
+/// The newest entries of the log, in memory: index → (sequence number, entry). Every
+/// entry not yet written, and at most [`KEEP_WRITTEN`] written ones before them. Always
+/// a contiguous tail of the log: written entries leave from its front, a truncation
+/// cuts its end, a purge its front.
 #[derive(Default)]
-struct Pending {
+struct Tail {
+    /// The sequence number of the next append. Appends reach the writer in this order.
     next_seq: u64,
+    /// Every entry whose sequence number is below this is written.
+    written_below: u64,
     entries: BTreeMap<u64, (u64, Entry)>,
 }
 
 /// What the store's handles and its writer thread share.
 struct Shared {
     db: Database,
-    pending: Mutex<Pending>,
+    tail: Mutex<Tail>,
     /// The committed log id openraft saved last, not yet written.
     committed: Mutex<Option<Vec<u8>>>,
 }
@@ -196,16 +206,26 @@ impl Shared {
         Ok(())
     }
 
-    /// Drop from `pending` the entries `jobs` wrote, unless appended again since.
+    /// Note that `jobs` are written, and let the oldest written entries leave the tail.
     fn forget_written(&self, jobs: &[Job]) {
-        let mut pending = lock(&self.pending);
-        for job in jobs {
-            if let Job::Append { entries, .. } = job {
-                for (index, seq, _) in entries {
-                    if pending.entries.get(index).is_some_and(|(s, _)| s == seq) {
-                        pending.entries.remove(index);
-                    }
+        let Some(last) = jobs
+            .iter()
+            .filter_map(|job| match job {
+                Job::Append { entries, .. } => entries.last().map(|(_, seq, _)| *seq),
+                _ => None,
+            })
+            .max()
+        else {
+            return;
+        };
+        let mut tail = lock(&self.tail);
+        tail.written_below = tail.written_below.max(last + 1);
+        while tail.entries.len() > KEEP_WRITTEN {
+            match tail.entries.first_key_value() {
+                Some((&index, &(seq, _))) if seq < tail.written_below => {
+                    tail.entries.remove(&index);
                 }
+                _ => break,
             }
         }
     }
@@ -248,40 +268,40 @@ impl Shared {
         }
     }
 
-    /// The entries whose index lies in `bounds` when they are all pending (none of them
-    /// written yet); `None` when some may be written.
-    fn pending_only(&self, bounds: (Bound<u64>, Bound<u64>)) -> Option<Vec<Entry>> {
-        let pending = lock(&self.pending);
-        let first = *pending.entries.keys().next()?;
-        let from_pending = match bounds.0 {
+    /// The entries whose index lies in `bounds` when the tail holds them all; `None`
+    /// when some of them are older.
+    fn tail_only(&self, bounds: (Bound<u64>, Bound<u64>)) -> Option<Vec<Entry>> {
+        let tail = lock(&self.tail);
+        let first = *tail.entries.keys().next()?;
+        let in_tail = match bounds.0 {
             Bound::Included(start) => start >= first,
             Bound::Excluded(start) => start >= first.saturating_sub(1),
             Bound::Unbounded => false,
         };
-        from_pending.then(|| {
-            pending
-                .entries
+        in_tail.then(|| {
+            tail.entries
                 .range(bounds)
                 .map(|(_, (_, e))| e.clone())
                 .collect()
         })
     }
 
-    /// The entries whose index lies in `bounds`: written ones, then pending ones.
+    /// The entries whose index lies in `bounds`: from the database up to the tail, then
+    /// from the tail.
     fn entries(&self, bounds: (Bound<u64>, Bound<u64>)) -> Result<Vec<Entry>, StErr> {
-        // Pending first: an entry the writer commits meanwhile is then either in this
-        // copy or visible to the read transaction begun after it.
-        let pending: Vec<Entry> = lock(&self.pending)
+        // The tail first: an entry that leaves it meanwhile is written, so the read
+        // transaction begun after this copy sees it.
+        let newest: Vec<Entry> = lock(&self.tail)
             .entries
             .range(bounds)
             .map(|(_, (_, e))| e.clone())
             .collect();
-        let written_end = match pending.first() {
+        let written_end = match newest.first() {
             Some(e) => Bound::Excluded(e.log_id.index),
             None => bounds.1,
         };
         let mut out = read_entries(&self.db, (bounds.0, written_end))?;
-        out.extend(pending);
+        out.extend(newest);
         Ok(out)
     }
 }
@@ -339,7 +359,7 @@ impl LogStore {
         txn.commit().map_err(Op::Write.map())?;
         let shared = Arc::new(Shared {
             db,
-            pending: Mutex::new(Pending::default()),
+            tail: Mutex::new(Tail::default()),
             committed: Mutex::new(None),
         });
         let (tx, rx) = mpsc::channel();
@@ -409,7 +429,7 @@ impl LogStore {
     ) -> Result<(), StErr> {
         let op = Op::WriteLogs;
         let purged = purged.map(|p| encode(&p, op)).transpose()?;
-        lock(&self.shared().pending)
+        lock(&self.shared().tail)
             .entries
             .retain(|index, _| !range.contains(index));
         self.write(op, |done| Job::Remove {
@@ -483,7 +503,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
         let bounds = (range.start_bound().cloned(), range.end_bound().cloned());
         // Entries not yet written (what replication and apply mostly ask for) are
         // copied right here, without a trip to the blocking pool.
-        if let Some(entries) = self.shared().pending_only(bounds) {
+        if let Some(entries) = self.shared().tail_only(bounds) {
             return Ok(entries);
         }
         self.blocking(Op::ReadLogs, move |s| s.entries(bounds))
@@ -498,11 +518,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let op = Op::ReadLogs;
         self.blocking(op, move |s| {
             let purged: Option<LogId<NodeId>> = read_meta(&s.db, KEY_PURGED, op)?;
-            let pending_last = lock(&s.pending)
+            let tail_last = lock(&s.tail)
                 .entries
                 .last_key_value()
                 .map(|(_, (_, e))| e.log_id);
-            let last = match pending_last {
+            let last = match tail_last {
                 Some(id) => Some(id),
                 None => {
                     let txn = s.db.begin_read().map_err(op.map())?;
@@ -575,13 +595,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         }
         // Readable from here on. Queued under the same lock, so the writer gets the
         // appends in the order they became readable.
-        let mut pending = lock(&self.shared().pending);
+        let mut tail = lock(&self.shared().tail);
         let mut queued = Vec::with_capacity(entries.len());
         for (e, bytes) in entries.into_iter().zip(encoded) {
-            let seq = pending.next_seq;
-            pending.next_seq += 1;
+            let seq = tail.next_seq;
+            tail.next_seq += 1;
             queued.push((e.log_id.index, seq, bytes));
-            pending.entries.insert(e.log_id.index, (seq, e));
+            tail.entries.insert(e.log_id.index, (seq, e));
         }
         self.send(
             Job::Append {
@@ -605,5 +625,65 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             Some(log_id),
         )
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use openraft::storage::RaftLogStorageExt;
+    use openraft::{CommittedLeaderId, EntryPayload};
+
+    fn id(index: u64) -> LogId<NodeId> {
+        LogId::new(CommittedLeaderId::new(1, 1), index)
+    }
+
+    async fn indexes(log: &mut LogStore, range: impl RangeBounds<u64>) -> Vec<u64> {
+        let bounds = (range.start_bound().cloned(), range.end_bound().cloned());
+        log.try_get_log_entries(bounds)
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| e.log_id.index)
+            .collect()
+    }
+
+    /// Reads that span the database and the in-memory tail return every entry once, in
+    /// order, before and after a truncation and a purge.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn reads_across_the_in_memory_tail_see_the_whole_log() {
+        let tmp = tempfile::TempDir::new().unwrap();
+        let mut log = LogStore::open(tmp.path()).unwrap();
+        let n = KEEP_WRITTEN as u64 + 100;
+        for i in 1..=n {
+            let entry = Entry {
+                log_id: id(i),
+                payload: EntryPayload::Blank,
+            };
+            log.blocking_append([entry]).await.unwrap();
+        }
+        assert_eq!(indexes(&mut log, ..).await, (1..=n).collect::<Vec<_>>());
+        assert_eq!(
+            indexes(&mut log, 50..=60).await,
+            (50..=60).collect::<Vec<_>>()
+        );
+        assert_eq!(
+            indexes(&mut log, 90..=110).await,
+            (90..=110).collect::<Vec<_>>()
+        );
+        assert_eq!(
+            indexes(&mut log, n - 5..).await,
+            (n - 5..=n).collect::<Vec<_>>()
+        );
+        log.truncate(id(n - 10)).await.unwrap();
+        log.purge(id(95)).await.unwrap();
+        let want: Vec<u64> = (96..n - 10).collect();
+        assert_eq!(indexes(&mut log, ..).await, want);
+        drop(log);
+        let mut log = LogStore::open(tmp.path()).unwrap();
+        assert_eq!(indexes(&mut log, ..).await, want);
+        let state = log.get_log_state().await.unwrap();
+        assert_eq!(state.last_log_id, Some(id(n - 11)));
+        assert_eq!(state.last_purged_log_id, Some(id(95)));
     }
 }
