@@ -1200,17 +1200,24 @@ impl WritePath for LocalWrites {
 /// as `{SSHA}...`, are kept as given). Called by the node that takes a request, before
 /// the command is built.
 pub fn hash_clear_passwords(attr: &str, values: &mut [Vec<u8>]) {
-    if attr
-        .split(';')
-        .next()
-        .is_some_and(|a| a.eq_ignore_ascii_case("userPassword") || a == "2.5.4.35")
-    {
+    if is_user_password(attr) {
         for v in values.iter_mut() {
             if !password::is_hashed(v) {
                 *v = password::hash(v);
             }
         }
     }
+}
+
+/// Whether [`hash_clear_passwords`] has anything to hash in these values.
+pub fn has_clear_passwords(attr: &str, values: &[Vec<u8>]) -> bool {
+    is_user_password(attr) && values.iter().any(|v| !password::is_hashed(v))
+}
+
+fn is_user_password(attr: &str) -> bool {
+    attr.split(';')
+        .next()
+        .is_some_and(|a| a.eq_ignore_ascii_case("userPassword") || a == "2.5.4.35")
 }
 
 /// A consistent snapshot of the directory for reading.

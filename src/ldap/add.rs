@@ -7,15 +7,14 @@ use super::error::result_of;
 use super::session::Reply;
 use super::{codec, Identity, LdapContext};
 use crate::directory::entry::Attribute;
-use crate::directory::{hash_clear_passwords, DirectoryCommand, WriteMeta};
+use crate::directory::{has_clear_passwords, hash_clear_passwords, DirectoryCommand, WriteMeta};
 
 /// Handle an add request.
 pub async fn handle(ctx: &LdapContext, who: &Identity, reply: &Reply, req: AddRequest) {
     let send = |r| reply.send(ProtocolOp::AddResponse(AddResponse(r)), None);
     let mut attrs = Vec::with_capacity(req.attributes.len());
     for a in req.attributes {
-        let mut values: Vec<Vec<u8>> = a.vals.into_vec().into_iter().map(|v| v.to_vec()).collect();
-        hash_clear_passwords(&a.r#type, &mut values);
+        let values: Vec<Vec<u8>> = a.vals.into_vec().into_iter().map(|v| v.to_vec()).collect();
         attrs.push(Attribute {
             name: a.r#type.0,
             values,
@@ -32,6 +31,33 @@ pub async fn handle(ctx: &LdapContext, who: &Identity, reply: &Reply, req: AddRe
         send(result_of(&e)).await;
         return;
     }
+    // Clear-text passwords are hashed once the add is allowed, off the async threads.
+    let attrs = if attrs
+        .iter()
+        .any(|a| has_clear_passwords(&a.name, &a.values))
+    {
+        let hashed = ctx.hashing.run(move || {
+            let mut attrs = attrs;
+            for a in &mut attrs {
+                hash_clear_passwords(&a.name, &mut a.values);
+            }
+            attrs
+        });
+        match hashed.await {
+            Some(attrs) => attrs,
+            None => {
+                send(codec::result(
+                    ResultCode::Other,
+                    "",
+                    "hashing the password failed",
+                ))
+                .await;
+                return;
+            }
+        }
+    } else {
+        attrs
+    };
     let cmd = DirectoryCommand::Add {
         dn: req.entry.0,
         attrs,

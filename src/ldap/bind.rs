@@ -156,19 +156,19 @@ pub async fn verify(ctx: &LdapContext, name: &str, password: Vec<u8>) -> Option<
     }
     let dir = ctx.dir.clone();
     let name = name.to_string();
-    tokio::task::spawn_blocking(move || {
-        let entry = dir.view().ok()?.find(&name).ok()??;
-        let stored = entry.get("userPassword")?;
-        let ok = stored.values.iter().any(|v| password::verify(&password, v));
-        ok.then(|| Identity {
-            dn: entry.dn.clone(),
-            admin,
-            key,
+    ctx.hashing
+        .run(move || {
+            let entry = dir.view().ok()?.find(&name).ok()??;
+            let stored = entry.get("userPassword")?;
+            let ok = stored.values.iter().any(|v| password::verify(&password, v));
+            ok.then(|| Identity {
+                dn: entry.dn.clone(),
+                admin,
+                key,
+            })
         })
-    })
-    .await
-    .ok()
-    .flatten()
+        .await
+        .flatten()
 }
 
 /// SASL EXTERNAL (RFC 4422 appendix A, RFC 4513 section 5.2.3): the identity is the

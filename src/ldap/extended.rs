@@ -150,7 +150,9 @@ async fn password_modify(
             (g.clone().into_bytes(), Some(g))
         }
     };
-    let hashed = tokio::task::spawn_blocking(move || password::hash(&new))
+    let hashed = ctx
+        .hashing
+        .run(move || password::hash(&new))
         .await
         .unwrap_or_default();
     let cmd = DirectoryCommand::Modify {

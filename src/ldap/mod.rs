@@ -69,6 +69,8 @@ pub struct LdapContext {
     pub throttle: limits::BindThrottle,
     /// Connections per client address.
     pub address_slots: Arc<limits::AddressSlots>,
+    /// Where password hashing and verification run.
+    pub hashing: limits::HashSlots,
     /// Settings that cluster-wide settings may change while the node runs.
     live: std::sync::RwLock<Arc<Live>>,
     /// Normalised keys of the read-only service identities (Dovecot, Postfix).
@@ -113,6 +115,7 @@ impl LdapContext {
             writes,
             throttle,
             address_slots: Arc::new(limits::AddressSlots::default()),
+            hashing: limits::HashSlots::per_cpu(),
             live,
             service_keys,
         })

@@ -6,7 +6,9 @@ use super::access::{authorize, Operation};
 use super::error::result_of;
 use super::session::Reply;
 use super::{codec, Identity, LdapContext};
-use crate::directory::{hash_clear_passwords, Change, ChangeOp, DirectoryCommand, WriteMeta};
+use crate::directory::{
+    has_clear_passwords, hash_clear_passwords, Change, ChangeOp, DirectoryCommand, WriteMeta,
+};
 
 /// The three operations rasn-ldap names; increment arrives through
 /// [`decode_with_increment`].
@@ -18,17 +20,14 @@ fn op_of(op: ChangeOperation) -> ChangeOp {
     }
 }
 
-/// One change of a request, with clear-text passwords hashed on the way in.
+/// One change of a request.
 fn change_of(op: ChangeOp, modification: rasn_ldap::PartialAttribute) -> Change {
-    let mut values: Vec<Vec<u8>> = modification
+    let values: Vec<Vec<u8>> = modification
         .vals
         .into_vec()
         .into_iter()
         .map(|v| v.to_vec())
         .collect();
-    if matches!(op, ChangeOp::Add | ChangeOp::Replace) {
-        hash_clear_passwords(&modification.r#type, &mut values);
-    }
     Change {
         op,
         attr: modification.r#type.0,
@@ -111,22 +110,52 @@ pub async fn handle_changes(
 ) {
     let attrs: Vec<&str> = changes.iter().map(|c| c.attr.as_str()).collect();
     let allowed = authorize(ctx, who, Operation::Modify { dn: &dn, attrs });
-    let result = if let Err(e) = allowed {
-        result_of(&e)
-    } else {
-        match ctx
-            .write(DirectoryCommand::Modify {
-                dn,
-                changes,
-                meta: WriteMeta::now(&who.dn),
-            })
-            .await
-        {
-            Ok(()) => codec::result(ResultCode::Success, "", ""),
-            Err(e) => result_of(&e),
+    let changes = match allowed {
+        Ok(()) => hash_new_passwords(ctx, changes).await,
+        Err(e) => Err(result_of(&e)),
+    };
+    let result = match changes {
+        Err(refused) => refused,
+        Ok(changes) => {
+            match ctx
+                .write(DirectoryCommand::Modify {
+                    dn,
+                    changes,
+                    meta: WriteMeta::now(&who.dn),
+                })
+                .await
+            {
+                Ok(()) => codec::result(ResultCode::Success, "", ""),
+                Err(e) => result_of(&e),
+            }
         }
     };
     reply
         .send(ProtocolOp::ModifyResponse(ModifyResponse(result)), None)
         .await;
+}
+
+/// Hash the clear-text passwords that changes add or put in place, off the async
+/// threads.
+async fn hash_new_passwords(
+    ctx: &LdapContext,
+    changes: Vec<Change>,
+) -> Result<Vec<Change>, rasn_ldap::LdapResult> {
+    let sets_password = |c: &Change| matches!(c.op, ChangeOp::Add | ChangeOp::Replace);
+    if !changes
+        .iter()
+        .any(|c| sets_password(c) && has_clear_passwords(&c.attr, &c.values))
+    {
+        return Ok(changes);
+    }
+    let hashed = ctx.hashing.run(move || {
+        let mut changes = changes;
+        for c in changes.iter_mut().filter(|c| sets_password(c)) {
+            hash_clear_passwords(&c.attr, &mut c.values);
+        }
+        changes
+    });
+    hashed
+        .await
+        .ok_or_else(|| codec::result(ResultCode::Other, "", "hashing the password failed"))
 }
