@@ -150,11 +150,9 @@ async fn password_modify(
             (g.clone().into_bytes(), Some(g))
         }
     };
-    let hashed = ctx
-        .hashing
-        .run(move || password::hash(&new))
-        .await
-        .unwrap_or_default();
+    let Some(hashed) = ctx.hashing.run(move || password::hash(&new)).await else {
+        return response(ResultCode::Other, "hashing the password failed", None, None);
+    };
     let cmd = DirectoryCommand::Modify {
         dn: target,
         changes: vec![Change {
