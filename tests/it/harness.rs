@@ -22,8 +22,6 @@ const STARTUP_DEADLINE: Duration = Duration::from_secs(30);
 const TOOL_DEADLINE: Duration = Duration::from_secs(120);
 /// How many lines of the node's stderr are kept to print when a test fails.
 const TAIL_LINES: usize = 200;
-/// The pause between two probes of [`wait_until`].
-const POLL_PAUSE: Duration = Duration::from_millis(10);
 
 /// The admin password every test node is started with.
 pub const ADMIN_PASSWORD: &str = "Adm1n-Secret-pw";
@@ -63,6 +61,8 @@ pub struct Node {
     pub accounts: Vec<Account>,
     stdout_tail: Tail,
     stderr_tail: Tail,
+    /// The thread draining the node's stderr into `stderr_tail`; it ends at EOF.
+    stderr_reader: Option<thread::JoinHandle<()>>,
 }
 
 impl Node {
@@ -85,6 +85,7 @@ impl Node {
             accounts: Vec::new(),
             stdout_tail: Arc::default(),
             stderr_tail: Arc::default(),
+            stderr_reader: None,
         };
         node.spawn();
         node
@@ -143,7 +144,7 @@ impl Node {
     }
 
     fn stop(&mut self) {
-        let Some(mut child) = self.child.take() else {
+        let Some(child) = self.child.take() else {
             return;
         };
         // SIGTERM through kill(1): the tests do not link libc.
@@ -152,13 +153,7 @@ impl Node {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status();
-        let exited = wait_until(Duration::from_secs(10), || {
-            matches!(child.try_wait(), Ok(Some(_)))
-        });
-        if !exited {
-            let _ = child.kill();
-        }
-        let _ = child.wait();
+        wait_exit(child, Duration::from_secs(10));
     }
 
     fn spawn(&mut self) {
@@ -203,12 +198,12 @@ impl Node {
         });
         let stderr = child.stderr.take().unwrap();
         let stderr_tail = self.stderr_tail.clone();
-        thread::spawn(move || {
+        self.stderr_reader = Some(thread::spawn(move || {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
                 push_tail(&stderr_tail, &line);
             }
-        });
+        }));
         self.child = Some(child);
         self.read_banner(&lines);
     }
@@ -230,12 +225,10 @@ impl Node {
                     &format!("no `ready` line within {STARTUP_DEADLINE:?}"),
                 ),
                 Err(RecvTimeoutError::Disconnected) => {
-                    let status = self.child.as_mut().and_then(|c| {
-                        wait_until(Duration::from_secs(5), || {
-                            matches!(c.try_wait(), Ok(Some(_)))
-                        });
-                        c.try_wait().ok().flatten()
-                    });
+                    let status = self
+                        .child
+                        .take()
+                        .and_then(|c| wait_exit(c, Duration::from_secs(5)).0);
                     self.startup_failed(
                         &banner,
                         &format!("stdout closed before `ready` (exit status: {status:?})"),
@@ -314,9 +307,11 @@ impl Node {
             let _ = c.kill();
             let _ = c.wait();
         }
-        // Give the stderr thread a moment to see EOF so the tail is complete.
-        let tail = self.stderr_tail.clone();
-        wait_until(Duration::from_secs(2), || Arc::strong_count(&tail) <= 2);
+        // The node is gone, so its stderr ends: the tail is complete once the reader
+        // has seen that.
+        if let Some(reader) = self.stderr_reader.take() {
+            let _ = reader.join();
+        }
         panic!(
             "pigeonair quickstart did not come up: {why}\n--- stdout so far ---\n{}\n--- stderr (last lines) ---\n{}",
             banner.join("\n"),
@@ -357,21 +352,41 @@ fn push_tail(tail: &Tail, line: &str) {
 
 /// Ask `cond` until it holds or `timeout` has passed; returns whether it held.
 ///
-/// This is the harness's one polling loop: a wait that is not a blocking receive with a
-/// deadline goes through it. Between two probes it pauses [`POLL_PAUSE`], cut short at
-/// the deadline so it never waits past it, and `cond` is asked once more when the
-/// deadline is reached.
+/// This is the harness's one polling loop, for state a test can only observe by asking
+/// the node: every `cond` that goes through it queries the node or runs a client
+/// against it, and that round trip paces the loop. A process's exit is waited for with
+/// [`wait_exit`] instead. `cond` is asked once more when the deadline is reached.
 pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
     loop {
         if cond() {
             return true;
         }
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
+        if Instant::now() >= deadline {
             return false;
         }
-        thread::sleep(left.min(POLL_PAUSE));
+    }
+}
+
+/// Wait until `child` exits, at most `timeout`; past it, kill it (SIGKILL through
+/// kill(1): the tests do not link libc) and reap it. Returns its exit status and
+/// whether it exited by itself in time.
+pub fn wait_exit(mut child: Child, timeout: Duration) -> (Option<ExitStatus>, bool) {
+    let pid = child.id().to_string();
+    let (tx, exited) = mpsc::channel();
+    thread::spawn(move || {
+        let _ = tx.send(child.wait().ok());
+    });
+    match exited.recv_timeout(timeout) {
+        Ok(status) => (status, true),
+        Err(_) => {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+            (exited.recv().ok().flatten(), false)
+        }
     }
 }
 
@@ -498,11 +513,8 @@ pub fn run_with_input(cmd: &str, args: &[&str], input: Option<&str>) -> ToolOutp
         let _ = err.read_to_end(&mut buf);
         buf
     });
-    let finished = wait_until(TOOL_DEADLINE, || matches!(child.try_wait(), Ok(Some(_))));
-    if !finished {
-        let _ = child.kill();
-    }
-    let status = child.wait().expect("wait for tool");
+    let (status, finished) = wait_exit(child, TOOL_DEADLINE);
+    let status = status.expect("wait for tool");
     if let Some(w) = writer {
         let _ = w.join();
     }

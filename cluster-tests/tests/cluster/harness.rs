@@ -35,8 +35,8 @@ const CLUSTER_PORT: u16 = 7400;
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a one-shot command (`init`, `status`, `token ...`) may take.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
-/// The pause between two polls of observable state.
-const POLL_PAUSE: Duration = Duration::from_millis(20);
+/// How long a writer waits before it connects again after a failed connect.
+const RECONNECT_PAUSE: Duration = Duration::from_millis(20);
 
 /// The `pigeonair` binary of this workspace, built once per test process.
 pub fn binary() -> &'static Path {
@@ -59,20 +59,19 @@ pub fn binary() -> &'static Path {
 
 /// Call `probe` until it returns `Some` or `deadline` passes; returns what it returned.
 ///
-/// This is the harness's one polling loop: a wait that is not a blocking wait with a
-/// deadline goes through it. Between two probes it pauses [`POLL_PAUSE`], cut short at
-/// the deadline so it never waits past it, and `probe` runs once more when the deadline
-/// is reached.
+/// This is the harness's one polling loop, for state a test can only observe by asking
+/// a node: every probe that goes through it runs a command or a query against the
+/// cluster, and that round trip paces the loop. State the harness itself holds (the
+/// acknowledgements of a [`WriteLoad`], a command's exit) is waited for with blocking
+/// waits instead. `probe` runs once more when the deadline is reached.
 fn poll_until<T>(deadline: Instant, mut probe: impl FnMut() -> Option<T>) -> Option<T> {
     loop {
         if let Some(v) = probe() {
             return Some(v);
         }
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
+        if Instant::now() >= deadline {
             return None;
         }
-        std::thread::sleep(left.min(POLL_PAUSE));
     }
 }
 
@@ -753,7 +752,7 @@ pub struct Ack {
 /// count and time. Only adds answered with result code 0 count as acknowledged.
 pub struct WriteLoad {
     stop: Arc<StopSignal>,
-    acks: Arc<Mutex<Vec<Ack>>>,
+    acks: Arc<Acks>,
     threads: Vec<JoinHandle<WriterOutcome>>,
     started: Instant,
 }
@@ -802,7 +801,7 @@ impl WriteLoad {
         max_time: Duration,
     ) -> WriteLoad {
         let stop = Arc::new(StopSignal::default());
-        let acks = Arc::new(Mutex::new(Vec::new()));
+        let acks = Arc::new(Acks::default());
         let started = Instant::now();
         let threads = urls
             .iter()
@@ -823,22 +822,21 @@ impl WriteLoad {
         }
     }
 
-    /// Acknowledgements received after `t`.
-    pub fn acked_since(&self, t: Instant) -> usize {
-        self.acks
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|a| a.at > t)
-            .count()
-    }
-
-    /// Wait until at least `n` writes were acknowledged after `t`.
+    /// Wait until at least `n` writes were acknowledged after `t`: woken by each
+    /// acknowledgement, at most `timeout`.
     #[track_caller]
     pub fn wait_acked_since(&self, t: Instant, n: usize, timeout: Duration) {
-        wait_until(&format!("{n} writes are acknowledged"), timeout, || {
-            (self.acked_since(t) >= n).then_some(())
-        });
+        let list = self.acks.list.lock().unwrap();
+        let (list, _) = self
+            .acks
+            .added
+            .wait_timeout_while(list, timeout, |l| Acks::since(l, t) < n)
+            .unwrap();
+        let have = Acks::since(&list, t);
+        assert!(
+            have >= n,
+            "timed out after {timeout:?} waiting until {n} writes are acknowledged (have {have})"
+        );
     }
 
     /// When the load started.
@@ -858,12 +856,31 @@ impl WriteLoad {
             }
             refused.extend(outcome.refused);
         }
-        let acked = std::mem::take(&mut *self.acks.lock().unwrap());
+        let acked = std::mem::take(&mut *self.acks.list.lock().unwrap());
         LoadReport {
             acked,
             failures,
             refused,
         }
+    }
+}
+
+/// The acknowledged writes of a load; waiters wake on each new one.
+#[derive(Default)]
+struct Acks {
+    list: Mutex<Vec<Ack>>,
+    added: Condvar,
+}
+
+impl Acks {
+    fn push(&self, ack: Ack) {
+        self.list.lock().unwrap().push(ack);
+        self.added.notify_all();
+    }
+
+    /// How many of `list` were acknowledged after `t`.
+    fn since(list: &[Ack], t: Instant) -> usize {
+        list.iter().filter(|a| a.at > t).count()
     }
 }
 
@@ -900,7 +917,7 @@ fn write_until_stopped(
     max_writes: usize,
     deadline: Instant,
     stop: &StopSignal,
-    acks: &Mutex<Vec<Ack>>,
+    acks: &Acks,
 ) -> WriterOutcome {
     let mut failures = BTreeMap::new();
     let mut refused = Vec::new();
@@ -918,7 +935,7 @@ fn write_until_stopped(
                     stop.wait_at_most(
                         deadline
                             .saturating_duration_since(Instant::now())
-                            .min(POLL_PAUSE),
+                            .min(RECONNECT_PAUSE),
                     );
                     continue;
                 }
@@ -928,7 +945,7 @@ fn write_until_stopped(
         let name = format!("{prefix}-{n}");
         n += 1;
         match add_unit(c, &name) {
-            Ok(0) => acks.lock().unwrap().push(Ack {
+            Ok(0) => acks.push(Ack {
                 dn: format!("ou={name},{SUFFIX}"),
                 at: Instant::now(),
             }),
