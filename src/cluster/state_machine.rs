@@ -335,12 +335,10 @@ impl Shared {
         use crate::directory::DirectoryCommand as C;
         match cmd {
             C::ModifyDn { .. } => true,
-            C::Add { dn, .. } | C::Modify { dn, .. } | C::Delete { dn, .. } => {
-                crate::directory::dn::Dn::parse(dn)
-                    .ok()
-                    .and_then(|dn| self.dir.schema().dn_key(&dn).ok())
-                    .is_none_or(|key| key == self.settings_key)
-            }
+            C::Add { dn, .. } | C::Modify { dn, .. } | C::Delete { dn, .. } => self
+                .dir
+                .parse_dn(dn)
+                .map_or(true, |(_, key)| key == self.settings_key),
         }
     }
 
@@ -595,12 +593,9 @@ impl StateMachine {
             .map_or(0, |c| c + 1);
         let (applied_tx, _) = watch::channel(0);
         let (settings_tx, _) = watch::channel(0);
-        let settings_key = crate::directory::dn::Dn::parse(&crate::settings::settings_dn(
-            &dir.suffix().to_string(),
-        ))
-        .map_err(|e| e.to_string())
-        .and_then(|dn| dir.schema().dn_key(&dn).map_err(|e| e.to_string()))
-        .map_err(|e| read_err(AnyError::error(format!("the cluster settings DN: {e}"))))?;
+        let (_, settings_key) = dir
+            .parse_dn(&crate::settings::settings_dn(&dir.suffix().to_string()))
+            .map_err(|e| read_err(AnyError::error(format!("the cluster settings DN: {e}"))))?;
         let (wake, woken) = mpsc::sync_channel(1);
         let shared = Shared {
             dir,

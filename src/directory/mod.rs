@@ -627,7 +627,8 @@ impl Directory {
         Ok(n)
     }
 
-    fn parse_dn(&self, s: &str) -> Result<(Dn, String), DirError> {
+    /// A DN string parsed, with its key under this directory's schema.
+    pub fn parse_dn(&self, s: &str) -> Result<(Dn, String), DirError> {
         let dn = Dn::parse(s).map_err(|e| Violation::InvalidDn(e.to_string()))?;
         let key = self.schema.dn_key(&dn)?;
         Ok((dn, key))
