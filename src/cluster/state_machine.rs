@@ -342,6 +342,15 @@ impl Shared {
         }
     }
 
+    /// Note that `entry` was applied (unsynced): count it towards the next checkpoint
+    /// and tell the settings' followers when it may have changed the settings.
+    fn count_applied(&self, entry: &Entry) {
+        self.applied_unsynced();
+        if request(entry).is_some_and(|(_, _, cmd)| self.touches_settings(cmd)) {
+            self.settings_may_have_changed();
+        }
+    }
+
     /// Count one unsynced apply; wake the checkpoint thread when a checkpoint is due.
     fn applied_unsynced(&self) {
         let n = self.unsynced.fetch_add(1, Ordering::AcqRel) + 1;
@@ -750,11 +759,8 @@ fn apply_batch(shared: &Shared, batch: &[Entry]) -> Result<Option<Vec<ClusterRes
     let Some(outcomes) = outcomes else {
         return Ok(None);
     };
-    for (_, _, cmd) in &requests {
-        shared.applied_unsynced();
-        if shared.touches_settings(cmd) {
-            shared.settings_may_have_changed();
-        }
+    for e in batch {
+        shared.count_applied(e);
     }
     shared.set_applied(last.index);
     Ok(Some(outcomes.into_iter().map(ClusterResponse).collect()))
@@ -763,13 +769,8 @@ fn apply_batch(shared: &Shared, batch: &[Entry]) -> Result<Option<Vec<ClusterRes
 /// Apply one entry in one directory transaction, unsynced (see the module docs).
 fn apply_entry(shared: &Shared, entry: &Entry) -> Result<ClusterResponse, StErr> {
     let response = apply_to(&shared.dir, entry)?;
-    shared.applied_unsynced();
+    shared.count_applied(entry);
     shared.set_applied(entry.log_id.index);
-    if let EntryPayload::Normal(ClusterRequest::Directory { cmd, .. }) = &entry.payload {
-        if shared.touches_settings(cmd) {
-            shared.settings_may_have_changed();
-        }
-    }
     Ok(response)
 }
 
