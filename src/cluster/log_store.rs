@@ -152,6 +152,16 @@ struct Tail {
     entries: BTreeMap<u64, (u64, Entry)>,
 }
 
+impl Tail {
+    /// The entries of the tail whose index lies in `bounds`.
+    fn copy(&self, bounds: (Bound<u64>, Bound<u64>)) -> Vec<Entry> {
+        self.entries
+            .range(bounds)
+            .map(|(_, (_, e))| e.clone())
+            .collect()
+    }
+}
+
 /// What the store's handles and its writer thread share.
 struct Shared {
     db: Database,
@@ -278,12 +288,7 @@ impl Shared {
             Bound::Excluded(start) => start >= first.saturating_sub(1),
             Bound::Unbounded => false,
         };
-        in_tail.then(|| {
-            tail.entries
-                .range(bounds)
-                .map(|(_, (_, e))| e.clone())
-                .collect()
-        })
+        in_tail.then(|| tail.copy(bounds))
     }
 
     /// The entries whose index lies in `bounds`: from the database up to the tail, then
@@ -291,11 +296,7 @@ impl Shared {
     fn entries(&self, bounds: (Bound<u64>, Bound<u64>)) -> Result<Vec<Entry>, StErr> {
         // The tail first: an entry that leaves it meanwhile is written, so the read
         // transaction begun after this copy sees it.
-        let newest: Vec<Entry> = lock(&self.tail)
-            .entries
-            .range(bounds)
-            .map(|(_, (_, e))| e.clone())
-            .collect();
+        let newest = lock(&self.tail).copy(bounds);
         let written_end = match newest.first() {
             Some(e) => Bound::Excluded(e.log_id.index),
             None => bounds.1,
