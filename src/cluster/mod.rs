@@ -4,7 +4,8 @@
 //!
 //! Layout:
 //! - `types`: openraft's type configuration and the replicated request;
-//! - `log_store`: the Raft log on redb; `state_machine`: the directory as state machine;
+//! - `log_store`: the Raft log in append-only segment files;
+//! - `state_machine`: the directory as state machine;
 //! - `pki`: the cluster CA and node certificates; `transport`: framed TLS connections;
 //! - `network`: openraft's network over the transport.
 

@@ -807,7 +807,7 @@ fn apply_to(dir: &Directory, entry: &Entry) -> Result<ClusterResponse, StErr> {
 /// log (a new data directory); refuses a log purged past what the directory holds.
 /// Returns how many entries were applied.
 pub fn catch_up(dir: &Directory, data_dir: &Path) -> Result<u64, StorageError<NodeId>> {
-    if !data_dir.join(super::log_store::LOG_FILE).exists() {
+    if !super::log_store::exists(data_dir) {
         return Ok(0);
     }
     let log = super::log_store::LogStore::open(data_dir)?;
@@ -1539,7 +1539,16 @@ mod tests {
         let copy = TempDir::new().unwrap();
         for f in std::fs::read_dir(tmp.path()).unwrap() {
             let f = f.unwrap();
-            std::fs::copy(f.path(), copy.path().join(f.file_name())).unwrap();
+            if f.file_type().unwrap().is_dir() {
+                let sub = copy.path().join(f.file_name());
+                std::fs::create_dir(&sub).unwrap();
+                for g in std::fs::read_dir(f.path()).unwrap() {
+                    let g = g.unwrap();
+                    std::fs::copy(g.path(), sub.join(g.file_name())).unwrap();
+                }
+            } else {
+                std::fs::copy(f.path(), copy.path().join(f.file_name())).unwrap();
+            }
         }
 
         // 1. What a node start and the offline tools open: the directory caught up with
