@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::entry::StoredEntry;
+use super::entry::{Attribute, StoredEntry};
 use super::filter::Filter;
 use super::schema::Schema;
 use super::store::{Reader, StoreError};
@@ -100,12 +100,25 @@ impl IndexSet {
 
     /// Every index key of an entry.
     pub fn keys_of(&self, schema: &Schema, entry: &StoredEntry) -> Vec<Vec<u8>> {
+        self.keys_where(schema, entry, |_| true)
+    }
+
+    /// The index keys of an entry's attributes for which `wanted` holds.
+    pub fn keys_where(
+        &self,
+        schema: &Schema,
+        entry: &StoredEntry,
+        wanted: impl Fn(&Attribute) -> bool,
+    ) -> Vec<Vec<u8>> {
         let mut keys = BTreeSet::new();
         for attr in &entry.attrs {
             let lc = attr.name.to_ascii_lowercase();
             let Some(kinds) = self.attrs.get(&lc).copied() else {
                 continue;
             };
+            if !wanted(attr) {
+                continue;
+            }
             let Some(at) = schema.attr(&lc) else { continue };
             if kinds.pres {
                 keys.insert(key(&lc, b'*', b""));

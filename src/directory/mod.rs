@@ -1005,8 +1005,12 @@ impl Directory {
         old: &StoredEntry,
         new: &StoredEntry,
     ) -> Result<(), DirError> {
-        let old_keys = self.indexes.keys_of(&self.schema, old);
-        let new_keys = self.indexes.keys_of(&self.schema, new);
+        // Only an attribute whose values changed can change the index keys.
+        let changed = |a: &Attribute| {
+            old.get(&a.name).map(|x| &x.values) != new.get(&a.name).map(|x| &x.values)
+        };
+        let old_keys = self.indexes.keys_where(&self.schema, old, changed);
+        let new_keys = self.indexes.keys_where(&self.schema, new, changed);
         let gone: Vec<_> = old_keys
             .iter()
             .filter(|k| new_keys.binary_search(k).is_err())

@@ -370,6 +370,9 @@ impl WriteBatch {
 
     /// Add ids under index keys.
     pub fn index_insert(&mut self, keys: &[Vec<u8>], id: u64) -> Result<(), StoreError> {
+        if keys.is_empty() {
+            return Ok(()); // the index table stays untouched
+        }
         let mut t = self.txn.open_multimap_table(INDEX)?;
         for k in keys {
             t.insert(k.as_slice(), id)?;
@@ -379,6 +382,9 @@ impl WriteBatch {
 
     /// Remove ids from index keys.
     pub fn index_remove(&mut self, keys: &[Vec<u8>], id: u64) -> Result<(), StoreError> {
+        if keys.is_empty() {
+            return Ok(()); // the index table stays untouched
+        }
         let mut t = self.txn.open_multimap_table(INDEX)?;
         for k in keys {
             t.remove(k.as_slice(), id)?;

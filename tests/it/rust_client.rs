@@ -142,6 +142,45 @@ fn add_modify_rename_delete_round_trip() {
     assert_eq!(found[0].attrs["deliveryMode"], vec!["noforward"]);
     assert_eq!(found[0].attrs["accountStatus"], vec!["active"]);
 
+    // An indexed attribute replaced: the index follows it (and a modify that leaves it
+    // alone, as the one above, kept it).
+    let found = search(
+        &mut conn,
+        "dc=pigeonair",
+        Scope::Subtree,
+        "(mail=rusty@example.org)",
+        &["1.1"],
+    );
+    assert_eq!(found.len(), 1, "{found:#?}");
+    let res = conn
+        .modify(
+            &dn,
+            vec![Mod::Replace("mail", set(&["rusty.crab@example.org"]))],
+        )
+        .unwrap();
+    assert_eq!(res.rc, 0, "modify mail: {res:?}");
+    let found = search(
+        &mut conn,
+        "dc=pigeonair",
+        Scope::Subtree,
+        "(mail=rusty.crab@example.org)",
+        &["1.1"],
+    );
+    assert_eq!(found.len(), 1, "{found:#?}");
+    assert_eq!(found[0].dn, dn);
+    let found = search(
+        &mut conn,
+        "dc=pigeonair",
+        Scope::Subtree,
+        "(mail=rusty@example.org)",
+        &["1.1"],
+    );
+    assert!(found.is_empty(), "{found:#?}");
+    let res = conn
+        .modify(&dn, vec![Mod::Replace("mail", set(&["rusty@example.org"]))])
+        .unwrap();
+    assert_eq!(res.rc, 0, "modify mail back: {res:?}");
+
     // compare through the crate
     let cmp = conn.compare(&dn, "mail", "rusty@example.org").unwrap();
     assert!(cmp.equal().unwrap());
