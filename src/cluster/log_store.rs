@@ -1328,6 +1328,16 @@ mod tests {
         ids(log, range).await.iter().map(|i| i.index).collect()
     }
 
+    /// A log in `path` with `segment_bytes` segments, holding entries 1..=n of term 1,
+    /// each appended (and synced) on its own.
+    async fn filled(path: &Path, segment_bytes: u64, n: u64) -> LogStore {
+        let mut log = LogStore::open_with(path, segment_bytes).unwrap();
+        for i in 1..=n {
+            log.blocking_append([blank(id(i))]).await.unwrap();
+        }
+        log
+    }
+
     fn segments(data_dir: &Path) -> Vec<u64> {
         let mut seqs: Vec<u64> = fs::read_dir(data_dir.join(LOG_DIR))
             .unwrap()
@@ -1346,11 +1356,8 @@ mod tests {
     #[tokio::test(flavor = "multi_thread")]
     async fn reads_across_the_in_memory_tail_see_the_whole_log() {
         let tmp = tempfile::TempDir::new().unwrap();
-        let mut log = LogStore::open(tmp.path()).unwrap();
         let n = KEEP_WRITTEN as u64 + 100;
-        for i in 1..=n {
-            log.blocking_append([blank(id(i))]).await.unwrap();
-        }
+        let mut log = filled(tmp.path(), SEGMENT_BYTES, n).await;
         assert_eq!(indexes(&mut log, ..).await, (1..=n).collect::<Vec<_>>());
         assert_eq!(
             indexes(&mut log, 50..=60).await,
@@ -1383,10 +1390,7 @@ mod tests {
     async fn segments_roll_over_and_are_cut_and_removed() {
         let tmp = tempfile::TempDir::new().unwrap();
         let path = tmp.path();
-        let mut log = LogStore::open_with(path, 256).unwrap();
-        for i in 1..=60 {
-            log.blocking_append([blank(id(i))]).await.unwrap();
-        }
+        let mut log = filled(path, 256, 60).await;
         let before = segments(path);
         assert!(
             before.len() >= 4,
@@ -1453,11 +1457,7 @@ mod tests {
     async fn a_torn_write_at_the_end_is_cut_off() {
         let tmp = tempfile::TempDir::new().unwrap();
         let path = tmp.path();
-        let mut log = LogStore::open(path).unwrap();
-        for i in 1..=10 {
-            log.blocking_append([blank(id(i))]).await.unwrap();
-        }
-        drop(log);
+        drop(filled(path, SEGMENT_BYTES, 10).await);
         let seg = segment_path(path, *segments(path).last().unwrap());
         let whole = fs::read(&seg).unwrap();
         // Half of a next record: a header claiming more than follows.
@@ -1490,11 +1490,7 @@ mod tests {
     async fn damage_in_an_older_segment_refuses_to_open() {
         let tmp = tempfile::TempDir::new().unwrap();
         let path = tmp.path();
-        let mut log = LogStore::open_with(path, 256).unwrap();
-        for i in 1..=40 {
-            log.blocking_append([blank(id(i))]).await.unwrap();
-        }
-        drop(log);
+        drop(filled(path, 256, 40).await);
         let first = segment_path(path, segments(path)[0]);
         let mut bytes = fs::read(&first).unwrap();
         bytes[HEADER + 2] ^= 0xff;

@@ -144,42 +144,25 @@ fn add_modify_rename_delete_round_trip() {
 
     // An indexed attribute replaced: the index follows it (and a modify that leaves it
     // alone, as the one above, kept it).
-    let found = search(
-        &mut conn,
-        "dc=pigeonair",
-        Scope::Subtree,
-        "(mail=rusty@example.org)",
-        &["1.1"],
-    );
-    assert_eq!(found.len(), 1, "{found:#?}");
-    let res = conn
-        .modify(
-            &dn,
-            vec![Mod::Replace("mail", set(&["rusty.crab@example.org"]))],
-        )
-        .unwrap();
-    assert_eq!(res.rc, 0, "modify mail: {res:?}");
-    let found = search(
-        &mut conn,
-        "dc=pigeonair",
-        Scope::Subtree,
-        "(mail=rusty.crab@example.org)",
-        &["1.1"],
-    );
-    assert_eq!(found.len(), 1, "{found:#?}");
-    assert_eq!(found[0].dn, dn);
-    let found = search(
-        &mut conn,
-        "dc=pigeonair",
-        Scope::Subtree,
-        "(mail=rusty@example.org)",
-        &["1.1"],
-    );
-    assert!(found.is_empty(), "{found:#?}");
-    let res = conn
-        .modify(&dn, vec![Mod::Replace("mail", set(&["rusty@example.org"]))])
-        .unwrap();
-    assert_eq!(res.rc, 0, "modify mail back: {res:?}");
+    let by_mail = |conn: &mut ldap3::LdapConn, mail: &str| -> Vec<String> {
+        let filter = format!("(mail={mail})");
+        search(conn, "dc=pigeonair", Scope::Subtree, &filter, &["1.1"])
+            .into_iter()
+            .map(|e| e.dn)
+            .collect()
+    };
+    assert_eq!(by_mail(&mut conn, "rusty@example.org"), vec![dn.clone()]);
+    for (old, new) in [
+        ("rusty@example.org", "rusty.crab@example.org"),
+        ("rusty.crab@example.org", "rusty@example.org"),
+    ] {
+        let res = conn
+            .modify(&dn, vec![Mod::Replace("mail", set(&[new]))])
+            .unwrap();
+        assert_eq!(res.rc, 0, "modify mail to {new}: {res:?}");
+        assert_eq!(by_mail(&mut conn, new), vec![dn.clone()]);
+        assert!(by_mail(&mut conn, old).is_empty(), "{old} still finds it");
+    }
 
     // compare through the crate
     let cmp = conn.compare(&dn, "mail", "rusty@example.org").unwrap();
