@@ -702,6 +702,7 @@ impl Writer {
             }
             self.buf.clear();
             self.staged.clear();
+            (self.staged_last, self.staged_committed, self.staged_seq) = (None, None, None);
             self.failed = Some(e);
         }
         *staged_jobs = 0;
