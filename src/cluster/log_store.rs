@@ -446,7 +446,7 @@ struct Shared {
     meta: Mutex<Meta>,
     /// The committed log id openraft saved last, not yet written.
     committed: Mutex<Option<Option<Id>>>,
-    /// Held for the store's lifetime: the `lock` file, locked.
+    /// Held for the store's lifetime: `raft-log.lock`, locked.
     _lock: File,
 }
 
