@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 /// The whole configuration of one node.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// Local settings of this node.
@@ -139,17 +139,6 @@ pub struct LdapConfig {
     /// EXTERNAL, besides the cluster CA (`pigeonair cert issue`), which is always
     /// trusted.
     pub tls_client_ca: Vec<PathBuf>,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            node: NodeConfig::default(),
-            directory: DirectoryConfig::default(),
-            ldap: LdapConfig::default(),
-            cluster: ClusterConfig::default(),
-        }
-    }
 }
 
 impl Default for NodeConfig {

@@ -272,7 +272,7 @@ fn real_main() -> Result<()> {
             command: TokenCommand::List { config },
         } => match admin_call(&config, AdminRequest::ListTokens)? {
             AdminReply::Tokens(list) => {
-                println!("{:<12} {:<17} {}", "ID", "EXPIRES", "USES");
+                println!("{:<12} {:<17} USES", "ID", "EXPIRES");
                 for t in list {
                     println!("{:<12} {:<17} {}", t.id, t.expires, t.uses);
                 }
@@ -676,8 +676,8 @@ fn status(config_path: &Path, json: bool) -> Result<()> {
         .find(|s| s.role == "leader")
         .map(|s| s.last_log);
     println!(
-        "{:<4} {:<10} {:<22} {:<10} {:>5} {:>6} {:>8} {:>5}  {}",
-        "ID", "NAME", "ADDRESS", "ROLE", "TERM", "LEADER", "APPLIED", "LAG", "DIGEST"
+        "{:<4} {:<10} {:<22} {:<10} {:>5} {:>6} {:>8} {:>5}  DIGEST",
+        "ID", "NAME", "ADDRESS", "ROLE", "TERM", "LEADER", "APPLIED", "LAG"
     );
     for (id, addr, s) in &members {
         match s {

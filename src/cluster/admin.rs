@@ -88,8 +88,8 @@ pub enum AdminRequest {
 /// The answer to an [`AdminRequest`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum AdminReply {
-    /// A node's status.
-    Status(NodeStatus),
+    /// A node's status (boxed: the other replies are small).
+    Status(Box<NodeStatus>),
     /// Every member: its status, or why it could not be reached.
     Cluster(Vec<(NodeId, String, Result<NodeStatus, String>)>),
     /// A new token.
@@ -110,7 +110,7 @@ pub enum AdminReply {
 pub async fn handle(cluster: &std::sync::Arc<Cluster>, req: AdminRequest) -> AdminReply {
     let actor = format!("cn=node-{},ou=nodes,{}", cluster.node_id, cluster.suffix());
     match req {
-        AdminRequest::Status => AdminReply::Status(cluster.status()),
+        AdminRequest::Status => AdminReply::Status(Box::new(cluster.status())),
         AdminRequest::ClusterStatus => {
             let me = cluster.status();
             let mut out = Vec::new();

@@ -93,7 +93,7 @@ async fn cluster_status(
 
 async fn status(dialer: &Dialer, addr: &str) -> Result<NodeStatus, String> {
     match call(dialer, addr, &AdminRequest::Status).await? {
-        AdminReply::Status(s) => Ok(s),
+        AdminReply::Status(s) => Ok(*s),
         other => Err(format!("unexpected reply {other:?}")),
     }
 }

@@ -614,7 +614,7 @@ impl Cluster {
             .call::<_, AdminReply>(addr, Service::Status, &AdminRequest::Status)
             .await
         {
-            Ok(AdminReply::Status(s)) => Ok(s),
+            Ok(AdminReply::Status(s)) => Ok(*s),
             Ok(other) => Err(format!("unexpected reply {other:?}")),
             Err(e) => Err(e.to_string()),
         }

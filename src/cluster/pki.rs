@@ -857,6 +857,16 @@ mod der {
     }
 }
 
+/// A self-signed server certificate for `hosts` (names or IP addresses), for a
+/// quickstart node's LDAPS and StartTLS: clients must be told to trust it explicitly.
+pub fn self_signed_server(hosts: &[String]) -> Result<NodeCert, PkiError> {
+    let certified = rcgen::generate_simple_self_signed(hosts.to_vec())?;
+    Ok(NodeCert {
+        cert_pem: certified.cert.pem(),
+        key_pem: certified.signing_key.serialize_pem(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1019,14 +1029,4 @@ mod tests {
         // Saving again overwrites.
         files.save_node(&node).unwrap();
     }
-}
-
-/// A self-signed server certificate for `hosts` (names or IP addresses), for a
-/// quickstart node's LDAPS and StartTLS: clients must be told to trust it explicitly.
-pub fn self_signed_server(hosts: &[String]) -> Result<NodeCert, PkiError> {
-    let certified = rcgen::generate_simple_self_signed(hosts.to_vec())?;
-    Ok(NodeCert {
-        cert_pem: certified.cert.pem(),
-        key_pem: certified.signing_key.serialize_pem(),
-    })
 }

@@ -220,7 +220,10 @@ impl SubstringParts {
     }
 }
 
-fn parse_substring_assertion(v: &[u8]) -> (Option<Vec<u8>>, Vec<Vec<u8>>, Option<Vec<u8>>) {
+/// A substring assertion's parts: initial, any, final.
+type RawSubstrings = (Option<Vec<u8>>, Vec<Vec<u8>>, Option<Vec<u8>>);
+
+fn parse_substring_assertion(v: &[u8]) -> RawSubstrings {
     let parts: Vec<&[u8]> = v.split(|&c| c == b'*').collect();
     if parts.len() < 2 {
         return (Some(v.to_vec()), Vec::new(), Some(Vec::new()));

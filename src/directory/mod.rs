@@ -207,6 +207,9 @@ pub enum Scope {
     Subtree,
 }
 
+/// What a caller may see of an entry: its view of it, or `None` when it is hidden.
+pub type EntryView<'a> = &'a dyn Fn(&StoredEntry) -> Option<StoredEntry>;
+
 /// A search request, after parsing.
 #[derive(Clone)]
 pub struct SearchRequest<'a> {
@@ -222,7 +225,7 @@ pub struct SearchRequest<'a> {
     pub deadline: Option<Instant>,
     /// What the caller may search of an entry (`None`: the entry is hidden from it);
     /// the filter is evaluated on that view. `None` here: everything is visible.
-    pub view: Option<&'a dyn Fn(&StoredEntry) -> Option<StoredEntry>>,
+    pub view: Option<EntryView<'a>>,
     /// Fill in `hasSubordinates` (one more lookup per entry): only when the filter, the
     /// access rules or the requested attributes can see it. `entryDN` and
     /// `subschemaSubentry` cost nothing and are always there.
@@ -1124,7 +1127,7 @@ impl Directory {
                 };
                 let kept_by_new = rdn.0.iter().any(|n| {
                     self.schema.attr(&n.attr).is_some_and(|t| t.oid == at.oid)
-                        && self.has_value(at, &[n.value.clone()], &ava.value)
+                        && self.has_value(at, std::slice::from_ref(&n.value), &ava.value)
                 });
                 if kept_by_new {
                     continue;
