@@ -45,6 +45,14 @@ pub struct ClusterConfig {
     /// of CPU), so it should be rare next to the writes; the log it lets grow is about
     /// half a kilobyte per entry, replayed at start.
     pub snapshot_every: u64,
+    /// Applied writes are made durable in the directory (a checkpoint) at least this
+    /// often while there are any, in milliseconds. Safety does not depend on it: the Raft
+    /// log holds every entry since the last checkpoint, and a restart applies those
+    /// again. A checkpoint holds up applies while it writes out the pages they changed
+    /// (about 11 ms after 100 modifies, 62 ms after 1,000, on the development machine).
+    pub checkpoint_interval_ms: u64,
+    /// A checkpoint is also due once this many entries were applied since the last one.
+    pub checkpoint_max_entries: u64,
 }
 
 impl Default for ClusterConfig {
@@ -57,6 +65,8 @@ impl Default for ClusterConfig {
             election_timeout_max_ms: 200,
             write_timeout_ms: 5000,
             snapshot_every: 50_000,
+            checkpoint_interval_ms: 1000,
+            checkpoint_max_entries: 1000,
         }
     }
 }
@@ -281,6 +291,12 @@ impl Config {
         if c.snapshot_every < 10 {
             problems.push("cluster.snapshot_every must be at least 10".into());
         }
+        if c.checkpoint_interval_ms < 10 {
+            problems.push("cluster.checkpoint_interval_ms must be at least 10".into());
+        }
+        if c.checkpoint_max_entries == 0 {
+            problems.push("cluster.checkpoint_max_entries must be at least 1".into());
+        }
         if problems.is_empty() {
             Ok(())
         } else {
@@ -313,6 +329,32 @@ mod tests {
         c.directory.suffix = "".into();
         c.ldap.max_connections = 0;
         assert_eq!(c.validate().unwrap_err().len(), 3);
+    }
+
+    #[test]
+    fn checkpoint_settings_are_read_and_checked() {
+        let c: Config = toml::from_str(
+            "[cluster]\ncheckpoint_interval_ms = 250\ncheckpoint_max_entries = 100\n",
+        )
+        .unwrap();
+        assert!(c.validate().is_ok());
+        let policy = crate::cluster::state_machine::Checkpoint::from_config(&c.cluster);
+        assert_eq!(policy.interval, std::time::Duration::from_millis(250));
+        assert_eq!(policy.max_entries, 100);
+
+        let c: Config =
+            toml::from_str("[cluster]\ncheckpoint_interval_ms = 0\ncheckpoint_max_entries = 0\n")
+                .unwrap();
+        let problems = c.validate().unwrap_err();
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(
+            problems[0].contains("checkpoint_interval_ms"),
+            "{problems:?}"
+        );
+        assert!(
+            problems[1].contains("checkpoint_max_entries"),
+            "{problems:?}"
+        );
     }
 
     #[test]

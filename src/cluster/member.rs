@@ -17,7 +17,7 @@ use super::join::{self, JoinGrant, JoinReply, JoinRequest};
 use super::log_store::LogStore;
 use super::network::{serve_raft, Network};
 use super::pki::{ClusterCa, PkiFiles};
-use super::state_machine::StateMachine;
+use super::state_machine::{Checkpoint, StateMachine};
 use super::transport::{self, Conn, Dialer, Handler, Service};
 use super::types::{ClusterNode, ClusterRequest, NodeId, Raft};
 use crate::config::Config;
@@ -175,7 +175,12 @@ impl Cluster {
             .load_identity()
             .map_err(|e| e.to_string())?;
         let log_store = LogStore::open(&data_dir).map_err(|e| e.to_string())?;
-        let sm = StateMachine::open(dir.clone(), &data_dir).map_err(|e| e.to_string())?;
+        let sm = StateMachine::open_with(
+            dir.clone(),
+            &data_dir,
+            Checkpoint::from_config(&config.cluster),
+        )
+        .map_err(|e| e.to_string())?;
         let dialer = Arc::new(Dialer::new(&identity).map_err(|e| e.to_string())?);
         let muted = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let raft = Raft::new(

@@ -267,7 +267,8 @@ fn sync_parent(path: &Path) {
     }
 }
 
-/// When applied entries are made durable in the directory (see the module docs).
+/// When applied entries are made durable in the directory (see the module docs); from
+/// `[cluster] checkpoint_interval_ms` and `checkpoint_max_entries`.
 ///
 /// The default, a checkpoint every second or every 1,000 applied entries, costs one
 /// `fdatasync` a second under load instead of one per entry. Safety does not depend on
@@ -286,12 +287,19 @@ pub struct Checkpoint {
     pub max_entries: u64,
 }
 
+impl Checkpoint {
+    /// The policy a node's configuration sets.
+    pub fn from_config(c: &crate::config::ClusterConfig) -> Checkpoint {
+        Checkpoint {
+            interval: Duration::from_millis(c.checkpoint_interval_ms),
+            max_entries: c.checkpoint_max_entries,
+        }
+    }
+}
+
 impl Default for Checkpoint {
     fn default() -> Self {
-        Checkpoint {
-            interval: Duration::from_secs(1),
-            max_entries: 1000,
-        }
+        Checkpoint::from_config(&crate::config::ClusterConfig::default())
     }
 }
 
