@@ -7,7 +7,7 @@ use super::error::result_of;
 use super::session::Reply;
 use super::{codec, Identity, LdapContext};
 use crate::directory::entry::Attribute;
-use crate::directory::{has_clear_passwords, hash_clear_passwords, DirectoryCommand, WriteMeta};
+use crate::directory::{DirectoryCommand, WriteMeta};
 
 /// Handle an add request.
 pub async fn handle(ctx: &LdapContext, who: &Identity, reply: &Reply, req: AddRequest) {
@@ -31,32 +31,16 @@ pub async fn handle(ctx: &LdapContext, who: &Identity, reply: &Reply, req: AddRe
         send(result_of(&e)).await;
         return;
     }
-    // Clear-text passwords are hashed once the add is allowed, off the async threads.
-    let attrs = if attrs
-        .iter()
-        .any(|a| has_clear_passwords(&a.name, &a.values))
+    // Clear-text passwords are hashed once the add is allowed.
+    let attrs = match ctx
+        .hash_passwords(attrs, |a| Some((a.name.as_str(), &mut a.values)))
+        .await
     {
-        let hashed = ctx.hashing.run(move || {
-            let mut attrs = attrs;
-            for a in &mut attrs {
-                hash_clear_passwords(&a.name, &mut a.values);
-            }
-            attrs
-        });
-        match hashed.await {
-            Some(attrs) => attrs,
-            None => {
-                send(codec::result(
-                    ResultCode::Other,
-                    "",
-                    "hashing the password failed",
-                ))
-                .await;
-                return;
-            }
+        Ok(attrs) => attrs,
+        Err(refused) => {
+            send(refused).await;
+            return;
         }
-    } else {
-        attrs
     };
     let cmd = DirectoryCommand::Add {
         dn: req.entry.0,

@@ -172,7 +172,42 @@ impl LdapContext {
         }
         r
     }
+
+    /// Hash the clear-text `userPassword` values among `items` on the hashing slots
+    /// (off the async threads); `password_values` gives an item's attribute and the
+    /// values to hash, if any. `Err` holds the result to answer when hashing failed.
+    pub async fn hash_passwords<T: Send + 'static>(
+        &self,
+        mut items: Vec<T>,
+        password_values: PasswordValues<T>,
+    ) -> Result<Vec<T>, rasn_ldap::LdapResult> {
+        let clear = items.iter_mut().any(|i| {
+            password_values(i)
+                .is_some_and(|(attr, values)| crate::directory::has_clear_passwords(attr, values))
+        });
+        if !clear {
+            return Ok(items);
+        }
+        let hashed = self.hashing.run(move || {
+            for i in &mut items {
+                if let Some((attr, values)) = password_values(i) {
+                    crate::directory::hash_clear_passwords(attr, values);
+                }
+            }
+            items
+        });
+        hashed.await.ok_or_else(|| {
+            codec::result(
+                rasn_ldap::ResultCode::Other,
+                "",
+                "hashing the password failed",
+            )
+        })
+    }
 }
+
+/// An item's attribute name and the values [`LdapContext::hash_passwords`] may hash.
+pub type PasswordValues<T> = fn(&mut T) -> Option<(&str, &mut Vec<Vec<u8>>)>;
 
 /// How a listener handles TLS.
 #[derive(Clone)]

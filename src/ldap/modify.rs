@@ -6,9 +6,7 @@ use super::access::{authorize, Operation};
 use super::error::result_of;
 use super::session::Reply;
 use super::{codec, Identity, LdapContext};
-use crate::directory::{
-    has_clear_passwords, hash_clear_passwords, Change, ChangeOp, DirectoryCommand, WriteMeta,
-};
+use crate::directory::{Change, ChangeOp, DirectoryCommand, WriteMeta};
 
 /// The three operations rasn-ldap names; increment arrives through
 /// [`decode_with_increment`].
@@ -111,7 +109,14 @@ pub async fn handle_changes(
     let attrs: Vec<&str> = changes.iter().map(|c| c.attr.as_str()).collect();
     let allowed = authorize(ctx, who, Operation::Modify { dn: &dn, attrs });
     let changes = match allowed {
-        Ok(()) => hash_new_passwords(ctx, changes).await,
+        // The clear-text passwords that changes add or put in place.
+        Ok(()) => {
+            ctx.hash_passwords(changes, |c| match c.op {
+                ChangeOp::Add | ChangeOp::Replace => Some((c.attr.as_str(), &mut c.values)),
+                _ => None,
+            })
+            .await
+        }
         Err(e) => Err(result_of(&e)),
     };
     let result = match changes {
@@ -133,29 +138,4 @@ pub async fn handle_changes(
     reply
         .send(ProtocolOp::ModifyResponse(ModifyResponse(result)), None)
         .await;
-}
-
-/// Hash the clear-text passwords that changes add or put in place, off the async
-/// threads.
-async fn hash_new_passwords(
-    ctx: &LdapContext,
-    changes: Vec<Change>,
-) -> Result<Vec<Change>, rasn_ldap::LdapResult> {
-    let sets_password = |c: &Change| matches!(c.op, ChangeOp::Add | ChangeOp::Replace);
-    if !changes
-        .iter()
-        .any(|c| sets_password(c) && has_clear_passwords(&c.attr, &c.values))
-    {
-        return Ok(changes);
-    }
-    let hashed = ctx.hashing.run(move || {
-        let mut changes = changes;
-        for c in changes.iter_mut().filter(|c| sets_password(c)) {
-            hash_clear_passwords(&c.attr, &mut c.values);
-        }
-        changes
-    });
-    hashed
-        .await
-        .ok_or_else(|| codec::result(ResultCode::Other, "", "hashing the password failed"))
 }
