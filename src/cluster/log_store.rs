@@ -557,11 +557,7 @@ impl Writer {
             .range(cut.segment + 1..)
             .map(|(s, _)| *s)
             .collect();
-        for seq in later {
-            files.segments.remove(&seq);
-            let path = dir.join(segment_name(seq));
-            fs::remove_file(&path).map_err(|e| io_at(&path, "cannot remove", e))?;
-        }
+        remove_segments(dir, &mut files, later)?;
         let file = files
             .segments
             .get(&cut.segment)
@@ -590,12 +586,18 @@ impl Writer {
         self.keep_committed(committed)
     }
 
-    fn purge(&mut self, upto: Id) -> Result<(), String> {
+    /// Write what is staged, then save `meta` changed by `change`, durably.
+    fn save_meta(&mut self, change: impl FnOnce(&mut Meta)) -> Result<(), String> {
         self.flush()?;
         let mut meta = lock(&self.shared.meta).clone();
-        meta.purged = Some(upto);
+        change(&mut meta);
         meta.write(&self.shared.dir)?;
         *lock(&self.shared.meta) = meta;
+        Ok(())
+    }
+
+    fn purge(&mut self, upto: Id) -> Result<(), String> {
+        self.save_meta(|m| m.purged = Some(upto))?;
         let mut files = lock(&self.shared.files);
         let n = (upto.index + 1)
             .saturating_sub(files.first)
@@ -612,11 +614,7 @@ impl Writer {
         if old.is_empty() {
             return Ok(());
         }
-        for seq in old {
-            files.segments.remove(&seq);
-            let path = self.shared.dir.join(segment_name(seq));
-            fs::remove_file(&path).map_err(|e| io_at(&path, "cannot remove", e))?;
-        }
+        remove_segments(&self.shared.dir, &mut files, old)?;
         sync_dir(&self.shared.dir).map_err(|e| io_at(&self.shared.dir, "cannot sync", e))?;
         let committed = files.committed;
         drop(files);
@@ -634,12 +632,7 @@ impl Writer {
     }
 
     fn vote(&mut self, vote: Vote<NodeId>) -> Result<(), String> {
-        self.flush()?;
-        let mut meta = lock(&self.shared.meta).clone();
-        meta.vote = Some(vote);
-        meta.write(&self.shared.dir)?;
-        *lock(&self.shared.meta) = meta;
-        Ok(())
+        self.save_meta(|m| m.vote = Some(vote))
     }
 
     /// Carry out `jobs` in order and report each. Appends are staged and written
@@ -741,6 +734,16 @@ impl Writer {
             }
         }
     }
+}
+
+/// Delete segments `seqs` from `dir` and from `files` (the caller syncs `dir`).
+fn remove_segments(dir: &Path, files: &mut Files, seqs: Vec<u64>) -> Result<(), String> {
+    for seq in seqs {
+        files.segments.remove(&seq);
+        let path = dir.join(segment_name(seq));
+        fs::remove_file(&path).map_err(|e| io_at(&path, "cannot remove", e))?;
+    }
+    Ok(())
 }
 
 /// Create segment `seq` in `dir`, durably, for appending.
