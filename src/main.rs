@@ -14,13 +14,10 @@ use pigeonair::cluster::transport::{Dialer, Service};
 use pigeonair::cluster::Cluster;
 use pigeonair::config::Config;
 use pigeonair::directory::dn::Dn;
-use pigeonair::directory::entry::Attribute;
-use pigeonair::directory::filter::Filter;
-use pigeonair::directory::{
-    hash_clear_passwords, Change, ChangeOp, DirectoryCommand, Scope, SearchRequest, WriteMeta,
-};
-use pigeonair::ldif::{self, LdifRecord, ModOp};
-use pigeonair::node::{self, DemoAccount, NewCluster, Node};
+use pigeonair::durable::{write_atomic, Access};
+use pigeonair::node::{self, NewCluster, Node};
+use pigeonair::offline;
+use pigeonair::quickstart::Quickstart;
 
 #[derive(Parser)]
 #[command(
@@ -239,13 +236,13 @@ fn real_main() -> Result<()> {
             ldap_listen,
             ldaps_listen,
             cluster_listen,
-        } => quickstart(
+        } => quickstart(Quickstart {
             data_dir,
             admin_password,
-            ldap_listen,
-            ldaps_listen,
-            cluster_listen,
-        ),
+            ldap: ldap_listen,
+            ldaps: ldaps_listen,
+            cluster: cluster_listen,
+        }),
         Command::Init {
             config,
             admin_password,
@@ -387,92 +384,18 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
         .context("starting the runtime")
 }
 
-/// What quickstart remembers between starts: the credentials it generated.
-#[derive(serde::Serialize, serde::Deserialize)]
-struct QuickstartCredentials {
-    admin_password: String,
-    accounts: Vec<DemoAccount>,
-}
-
-fn quickstart(
-    data_dir: PathBuf,
-    admin_password: Option<String>,
-    ldap_listen: SocketAddr,
-    ldaps_listen: SocketAddr,
-    cluster_listen: SocketAddr,
-) -> Result<()> {
-    let mut config = Config::default();
-    config.node.data_dir = data_dir.clone();
-    config.ldap.listen = vec![ldap_listen];
-    config.cluster.listen = cluster_listen;
-    config.ldap.listen_tls = vec![ldaps_listen];
-    let tls_dir = data_dir.join("tls");
-    let (cert_path, key_path) = (tls_dir.join("ldap-cert.pem"), tls_dir.join("ldap-key.pem"));
-    if !cert_path.exists() {
-        std::fs::create_dir_all(&tls_dir)?;
-        let hosts = vec![
-            "localhost".to_string(),
-            ldap_listen.ip().to_string(),
-            ldaps_listen.ip().to_string(),
-        ];
-        let cert = pigeonair::cluster::pki::self_signed_server(&hosts)
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-        write_private(&cert_path, &cert.cert_pem)?;
-        write_private(&key_path, &cert.key_pem)?;
-    }
-    config.ldap.tls_cert = Some(cert_path.clone());
-    config.ldap.tls_key = Some(key_path);
-    let creds_path = data_dir.join("quickstart-credentials.toml");
-    let existing = if node::is_initialised(&data_dir) {
-        let text = std::fs::read_to_string(&creds_path).with_context(|| {
-            format!(
-                "{} holds data but no {}; use `pigeonair run` for it",
-                data_dir.display(),
-                creds_path.display()
-            )
-        })?;
-        Some(
-            toml::from_str::<QuickstartCredentials>(&text)
-                .context("reading the quickstart credentials")?,
-        )
-    } else {
-        None
-    };
+fn quickstart(q: Quickstart) -> Result<()> {
     let rt = runtime()?;
     rt.block_on(async {
-        let (node, creds) = match existing {
-            Some(creds) => (
-                Node::start(&config, None)
-                    .await
-                    .map_err(anyhow::Error::msg)?
-                    .0,
-                creds,
-            ),
-            None => {
-                let admin_password =
-                    admin_password.unwrap_or_else(pigeonair::directory::password::generate);
-                let new = NewCluster {
-                    admin_password: admin_password.clone(),
-                    demo: true,
-                };
-                let (node, accounts) = Node::start(&config, Some(&new))
-                    .await
-                    .map_err(anyhow::Error::msg)?;
-                let creds = QuickstartCredentials {
-                    admin_password,
-                    accounts,
-                };
-                write_private(&creds_path, &toml::to_string(&creds)?)?;
-                write_private(&data_dir.join("pigeonair.toml"), &config.to_toml())?;
-                (node, creds)
-            }
-        };
+        let (node, creds) = q.start().await?;
+        let config = q.config();
+        let (cert_path, _) = q.cert_paths();
         let mut out = std::io::stdout().lock();
         writeln!(out, "PigeonAir quickstart node is up.")?;
-        for addr in &node.ldap_addrs {
+        for addr in node.addrs("ldap") {
             writeln!(out, "  ldap:      ldap://{addr}")?;
         }
-        for addr in &node.ldaps_addrs {
+        for addr in node.addrs("ldaps") {
             writeln!(out, "  ldaps:     ldaps://{addr}")?;
         }
         writeln!(
@@ -483,7 +406,7 @@ fn quickstart(
         writeln!(
             out,
             "  client certificates (SASL EXTERNAL): pigeonair cert issue --config {} --dn DN --cert c.pem --key k.pem",
-            data_dir.join("pigeonair.toml").display()
+            q.config_path().display()
         )?;
         if let Some(addr) = node.cluster.cluster_addr {
             writeln!(out, "  cluster:   {addr}")?;
@@ -498,7 +421,7 @@ fn quickstart(
                 a.mail, a.dn, a.password
             )?;
         }
-        writeln!(out, "  data:      {}", data_dir.display())?;
+        writeln!(out, "  data:      {}", q.data_dir.display())?;
         writeln!(out, "ready")?;
         out.flush()?;
         drop(out);
@@ -508,18 +431,10 @@ fn quickstart(
     })
 }
 
+/// Write a file only its owner may read, durably.
 fn write_private(path: &Path, text: &str) -> Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("writing {}", path.display()))?;
-    f.write_all(text.as_bytes())?;
-    f.sync_all()?;
-    Ok(())
+    write_atomic(path, text.as_bytes(), Access::Private)
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 fn init(config_path: &Path, admin_password: Option<String>) -> Result<()> {
@@ -535,14 +450,12 @@ fn init(config_path: &Path, admin_password: Option<String>) -> Result<()> {
     let generated = admin_password.is_none();
     let password = admin_password.unwrap_or_else(pigeonair::directory::password::generate);
     let cluster_id = runtime()?.block_on(async {
-        let dir = std::sync::Arc::new(node::open_directory(&config).map_err(anyhow::Error::msg)?);
+        let dir = std::sync::Arc::new(node::open_directory(&config)?);
         let new = NewCluster {
             admin_password: password.clone(),
             demo: false,
         };
-        let (cluster, _) = node::create_cluster(&config, dir, &new, false)
-            .await
-            .map_err(anyhow::Error::msg)?;
+        let (cluster, _) = node::create_cluster(&config, dir, &new, None).await?;
         let id = cluster.cluster_id.clone();
         cluster.shutdown().await;
         Ok::<_, anyhow::Error>(id)
@@ -571,14 +484,9 @@ fn run(config_path: &Path) -> Result<()> {
 }
 
 async fn serve_node(config: &Config) -> Result<()> {
-    let (node, _) = Node::start(config, None)
-        .await
-        .map_err(anyhow::Error::msg)?;
-    for addr in &node.ldap_addrs {
-        println!("ldap: ldap://{addr}");
-    }
-    for addr in &node.ldaps_addrs {
-        println!("ldaps: ldaps://{addr}");
+    let (node, _) = Node::start(config, None).await?;
+    for l in &node.listening {
+        println!("{}: {}://{}", l.service, l.service, l.addr);
     }
     if let Some(addr) = node.cluster.cluster_addr {
         println!("cluster: {addr}");
@@ -601,9 +509,7 @@ fn join(config_path: &Path, token: &str, peer: &str) -> Result<()> {
     }
     std::fs::create_dir_all(&config.node.data_dir)?;
     runtime()?.block_on(async {
-        let grant = Cluster::join(&config, token, peer)
-            .await
-            .map_err(anyhow::Error::msg)?;
+        let grant = Cluster::join(&config, token, peer).await?;
         println!(
             "joined cluster {} as node {}",
             grant.cluster_id, grant.node_id
@@ -645,7 +551,7 @@ fn admin_call(config_path: &Path, req: AdminRequest) -> Result<AdminReply> {
         let dialer = Dialer::new(&identity).map_err(|e| anyhow::anyhow!("{e}"))?;
         let addr = config.cluster.advertised();
         dialer
-            .call::<_, AdminReply>(&addr, Service::Status, &req)
+            .call::<_, AdminReply>(&addr, Service::STATUS, &req)
             .await
             .map_err(|e| anyhow::anyhow!("cannot reach the node at {addr}: {e}"))
     })
@@ -731,119 +637,23 @@ fn drill(config_path: &Path, json: bool, settle_secs: u64) -> Result<()> {
     Ok(())
 }
 
-fn command_of(record: LdifRecord, actor: &str) -> DirectoryCommand {
-    let meta = WriteMeta::now(actor);
-    let attrs_of = |attrs: Vec<(String, Vec<u8>)>| {
-        let mut out: Vec<Attribute> = Vec::new();
-        for (name, value) in attrs {
-            match out.iter_mut().find(|a| a.name.eq_ignore_ascii_case(&name)) {
-                Some(a) => a.values.push(value),
-                None => out.push(Attribute {
-                    name,
-                    values: vec![value],
-                }),
-            }
-        }
-        for a in &mut out {
-            hash_clear_passwords(&a.name, &mut a.values);
-        }
-        out
-    };
-    match record {
-        LdifRecord::Entry { dn, attrs } | LdifRecord::Add { dn, attrs } => DirectoryCommand::Add {
-            dn,
-            attrs: attrs_of(attrs),
-            meta,
-        },
-        LdifRecord::Delete { dn } => DirectoryCommand::Delete { dn, meta },
-        LdifRecord::Modify { dn, mods } => DirectoryCommand::Modify {
-            dn,
-            changes: mods
-                .into_iter()
-                .map(|m| {
-                    let op = match m.op {
-                        ModOp::Add => ChangeOp::Add,
-                        ModOp::Delete => ChangeOp::Delete,
-                        ModOp::Replace => ChangeOp::Replace,
-                        ModOp::Increment => ChangeOp::Increment,
-                    };
-                    let mut values = m.values;
-                    if op != ChangeOp::Delete {
-                        hash_clear_passwords(&m.attr, &mut values);
-                    }
-                    Change {
-                        op,
-                        attr: m.attr,
-                        values,
-                    }
-                })
-                .collect(),
-            meta,
-        },
-        LdifRecord::ModRdn {
-            dn,
-            new_rdn,
-            delete_old_rdn,
-            new_superior,
-        } => DirectoryCommand::ModifyDn {
-            dn,
-            new_rdn,
-            delete_old_rdn,
-            new_superior,
-            meta,
-        },
-    }
-}
-
 fn import(file: &Path, config_path: &Path, batch: usize) -> Result<()> {
     let config = Config::load(config_path).map_err(anyhow::Error::msg)?;
-    let dir = node::open_directory(&config).map_err(anyhow::Error::msg)?;
-    if pigeonair::cluster::member::member_count(&dir) > 1 {
-        bail!(
-            "this node belongs to a cluster of several nodes; an offline import would bypass replication. \
-             Import on a single-node cluster before others join, or load the data through LDAP (ldapadd)"
-        );
-    }
-    dir.set_meta(pigeonair::cluster::member::OFFLINE_IMPORT, b"1")?;
-    let reader = BufReader::with_capacity(
+    let input = BufReader::with_capacity(
         1 << 20,
         std::fs::File::open(file).with_context(|| format!("opening {}", file.display()))?,
     );
-    let actor = config.admin_dn();
     let started = Instant::now();
-    let mut parse_error = None;
-    let records = ldif::LdifReader::new(reader).map_while(|r| match r {
-        Ok(rec) => Some(rec),
-        Err(e) => {
-            parse_error = Some(e);
-            None
-        }
-    });
-    let cmds = records.map(|r| command_of(r, &actor));
-    let result = dir.apply_bulk(cmds, batch.max(1), |n| {
+    let result = offline::import(&config, input, batch, |n| {
         eprint!("\rimported {n} records");
     });
     eprintln!();
-    match result {
-        Ok(n) => {
-            if let Some(e) = parse_error {
-                bail!(
-                    "{}: {e} (the {n} records before it were imported)",
-                    file.display()
-                );
-            }
-            println!(
-                "imported {n} records in {:.1} s",
-                started.elapsed().as_secs_f64()
-            );
-            Ok(())
-        }
-        Err((n, e)) => bail!(
-            "record {} of {}: {e} (the {n} records before it were imported)",
-            n + 1,
-            file.display()
-        ),
-    }
+    let n = result.with_context(|| file.display().to_string())?;
+    println!(
+        "imported {n} records in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
 }
 
 fn export(
@@ -853,60 +663,13 @@ fn export(
     output: Option<PathBuf>,
 ) -> Result<()> {
     let config = Config::load(config_path).map_err(anyhow::Error::msg)?;
-    let dir = node::open_directory(&config).map_err(anyhow::Error::msg)?;
-    let base = base.unwrap_or_else(|| config.directory.suffix.clone());
-    Dn::parse(&base).context("--base")?;
     let mut out: Box<dyn Write> = match &output {
         Some(p) => Box::new(BufWriter::new(
             std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?,
         )),
         None => Box::new(BufWriter::new(std::io::stdout().lock())),
     };
-    ldif::write_version(&mut out)?;
-    let filter = Filter::Present("objectClass".into());
-    let view = dir.view()?;
-    let schema = dir.schema().clone();
-    let mut io_error = None;
-    let mut n = 0usize;
-    view.search(
-        &SearchRequest {
-            base: &base,
-            scope: Scope::Subtree,
-            filter: &filter,
-            size_limit: 0,
-            deadline: None,
-            view: None,
-            subordinates: false,
-            keep: None,
-        },
-        |_, e| {
-            let attrs: Vec<(String, Vec<u8>)> = e
-                .attrs
-                .iter()
-                .filter(|a| {
-                    !pigeonair::directory::VIRTUAL_ATTRS
-                        .iter()
-                        .any(|v| v.eq_ignore_ascii_case(&a.name))
-                })
-                .filter(|a| {
-                    operational || schema.attr(&a.name).is_some_and(|t| !t.is_operational())
-                })
-                .flat_map(|a| a.values.iter().map(|v| (a.name.clone(), v.clone())))
-                .collect();
-            n += 1;
-            match ldif::write_entry(&mut out, &e.dn, &attrs) {
-                Ok(()) => true,
-                Err(err) => {
-                    io_error = Some(err);
-                    false
-                }
-            }
-        },
-    )?;
-    if let Some(e) = io_error {
-        return Err(e.into());
-    }
-    out.flush()?;
+    let n = offline::export(&config, base.as_deref(), operational, &mut out)?;
     if output.is_some() {
         eprintln!("exported {n} entries");
     }

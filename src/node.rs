@@ -1,29 +1,94 @@
-//! One node: opens the directory, starts the enabled services, shuts down cleanly.
+//! One node: opens the directory, starts the cluster and the enabled services, follows
+//! the cluster-wide settings, shuts down cleanly.
+//!
+//! Each service (LDAP today; the mail services next) is started by one function here
+//! from a [`ServiceContext`] and returns what it bound and the tasks it runs; the
+//! node keeps the list. Services get the cluster-wide settings through a
+//! [`SettingsWatch`] and apply their own part when it changes.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
-use crate::cluster::Cluster;
+use crate::auth::{AuthError, Authority};
+use crate::cluster::{transport, Cluster, ClusterError};
 use crate::config::Config;
+use crate::directory::acl::AclOptions;
 use crate::directory::dn::Dn;
 use crate::directory::schema::Schema;
 use crate::directory::WritePath;
-use crate::directory::{Directory, DirectorySettings};
+use crate::directory::{Directory, DirectorySettings, OpenError};
 use crate::ldap::{self, LdapContext};
+use crate::net::tls::{self, ListenerTls, TlsError};
+use crate::settings::{ClusterSettings, SettingsWatch};
+
+/// Why a node could not start (or its data could not be opened).
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// The schema files cannot be loaded.
+    #[error("schema: {0}")]
+    Schema(String),
+    /// The directory cannot be opened.
+    #[error("{0}")]
+    Directory(#[from] OpenError),
+    /// The directory is behind the Raft log and could not be caught up.
+    #[error("catching the directory up with the raft log: {0}")]
+    CatchUp(String),
+    /// The cluster-wide index settings cannot be applied.
+    #[error("the cluster's index settings: {0}")]
+    Indexes(String),
+    /// The cluster could not be created, started or joined.
+    #[error("{0}")]
+    Cluster(#[from] ClusterError),
+    /// An administrator or service identity in the configuration is not valid.
+    #[error("{0}")]
+    Auth(#[from] AuthError),
+    /// A listener's TLS certificate or key cannot be used.
+    #[error("{service} TLS: {source}")]
+    Tls {
+        /// The service.
+        service: &'static str,
+        /// What is wrong.
+        source: TlsError,
+    },
+    /// A listener could not be bound.
+    #[error("{service}: cannot listen on {addr}: {source}")]
+    Listen {
+        /// The service.
+        service: &'static str,
+        /// The configured address.
+        addr: SocketAddr,
+        /// Why binding failed.
+        source: std::io::Error,
+    },
+    /// A file or directory of the node's data cannot be created.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The base entries of a new cluster could not be written.
+    #[error("{0}")]
+    Bootstrap(String),
+}
 
 /// Open the node's directory as its configuration says, caught up with the node's Raft
 /// log (see [`crate::cluster::state_machine::catch_up`]).
-pub fn open_directory(config: &Config) -> Result<Directory, String> {
+pub fn open_directory(config: &Config) -> Result<Directory, NodeError> {
     let schema = match &config.directory.schema_dir {
-        Some(dir) => Schema::load_dir(dir).map_err(|e| e.to_string())?,
+        Some(dir) => Schema::load_dir(dir).map_err(|e| NodeError::Schema(e.to_string()))?,
         None => Schema::builtin(),
     };
-    std::fs::create_dir_all(&config.node.data_dir)
-        .map_err(|e| format!("{}: {e}", config.node.data_dir.display()))?;
+    std::fs::create_dir_all(&config.node.data_dir).map_err(|source| NodeError::Io {
+        path: config.node.data_dir.clone(),
+        source,
+    })?;
     let settings = DirectorySettings {
         suffix: config.directory.suffix.clone(),
         indexes: config.directory.indexes.clone(),
@@ -33,15 +98,14 @@ pub fn open_directory(config: &Config) -> Result<Directory, String> {
     // A crash may have left committed entries of the log unapplied (applies are synced
     // in checkpoints): apply them before anyone reads the directory.
     crate::cluster::state_machine::catch_up(&dir, &config.node.data_dir)
-        .map_err(|e| format!("catching the directory up with the raft log: {e}"))?;
+        .map_err(|e| NodeError::CatchUp(e.to_string()))?;
     Ok(dir)
 }
 
-/// Apply the cluster-wide settings whenever the replica changes them.
+/// Publish the cluster-wide settings on `publish` whenever the replica changes them.
 async fn follow_settings(
-    ctx: Arc<LdapContext>,
     cluster: Arc<Cluster>,
-    mut last: crate::settings::ClusterSettings,
+    publish: watch::Sender<Arc<ClusterSettings>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut changes = cluster.state_machine().subscribe_settings();
@@ -51,69 +115,169 @@ async fn follow_settings(
             _ = shutdown.changed() => return,
         }
         let dir = cluster.state_machine().directory().clone();
-        let Ok(now) =
-            tokio::task::spawn_blocking(move || crate::settings::ClusterSettings::read(&dir)).await
-        else {
+        let Ok(now) = tokio::task::spawn_blocking(move || ClusterSettings::read(&dir)).await else {
             continue;
         };
-        if now != last {
+        let last = publish.borrow().clone();
+        if *last != now {
             if now.indexes != last.indexes {
                 tracing::info!("the cluster's index settings changed; this node applies them at its next start");
             }
-            ctx.apply_settings(&now);
-            tracing::info!("cluster settings applied");
-            last = now;
+            let _ = publish.send(Arc::new(now));
         }
     }
 }
 
-/// The TLS acceptor for LDAPS and StartTLS, when a certificate is configured.
-pub fn ldap_tls_acceptor(config: &Config) -> Result<Option<tokio_rustls::TlsAcceptor>, String> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let (Some(cert), Some(key)) = (&config.ldap.tls_cert, &config.ldap.tls_key) else {
-        return Ok(None);
-    };
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-        .map_err(|e| format!("{}: {e}", cert.display()))?
-        .collect::<Result<_, _>>()
-        .map_err(|e| format!("{}: {e}", cert.display()))?;
-    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| format!("{}: {e}", key.display()))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    // Client certificates (SASL EXTERNAL) are asked for but optional; one that is
-    // presented must chain to the cluster CA or a configured client CA.
-    let mut roots = rustls::RootCertStore::empty();
+/// What every service of a node is started with.
+pub struct ServiceContext {
+    /// The node's configuration.
+    pub config: Config,
+    /// The directory replica.
+    pub directory: Arc<Directory>,
+    /// The node's cluster membership (its write path among others).
+    pub cluster: Arc<Cluster>,
+    /// Identities, passwords, access rules.
+    pub auth: Arc<Authority>,
+    /// The cluster-wide settings, current and changing.
+    pub settings: SettingsWatch,
+    /// Turns true when the node stops.
+    pub shutdown: watch::Receiver<bool>,
+}
+
+/// A listener a service has bound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Listening {
+    /// The service and its flavour (`ldap`, `ldaps`, ...).
+    pub service: &'static str,
+    /// The bound address.
+    pub addr: SocketAddr,
+}
+
+/// What a started service reports: its listeners and the tasks to wait for at
+/// shutdown.
+#[derive(Default)]
+pub struct Started {
+    /// The listeners it bound.
+    pub listening: Vec<Listening>,
+    /// Its tasks.
+    pub tasks: Vec<JoinHandle<()>>,
+}
+
+impl ServiceContext {
+    /// Bind `addr` for `service`.
+    pub async fn bind(
+        &self,
+        service: &'static str,
+        addr: SocketAddr,
+    ) -> Result<TcpListener, NodeError> {
+        TcpListener::bind(addr)
+            .await
+            .map_err(|source| NodeError::Listen {
+                service,
+                addr,
+                source,
+            })
+    }
+
+    /// The TLS acceptor for a service's listeners when a certificate and key are
+    /// configured. Client certificates are asked for (optional) when `client_cas`
+    /// names any CA.
+    pub fn tls_acceptor(
+        &self,
+        service: &'static str,
+        cert_key: (Option<&Path>, Option<&Path>),
+        client_cas: &[PathBuf],
+    ) -> Result<Option<tokio_rustls::TlsAcceptor>, NodeError> {
+        let (Some(cert), Some(key)) = cert_key else {
+            return Ok(None);
+        };
+        tls::server_acceptor(cert, key, client_cas)
+            .map(Some)
+            .map_err(|source| NodeError::Tls { service, source })
+    }
+}
+
+/// The LDAP front end: its listeners (StartTLS offered on the plain ones when a
+/// certificate is configured), settings applied live.
+async fn start_ldap(services: &ServiceContext) -> Result<Started, NodeError> {
+    let config = &services.config;
+    let ctx = Arc::new(LdapContext::new(
+        services.directory.clone(),
+        services.cluster.clone(),
+        config.ldap.clone(),
+        services.auth.clone(),
+    ));
+    let current = services.settings.borrow().clone();
+    ctx.apply_settings(&current.ldap);
+    let mut started = Started::default();
+    started.tasks.push(tokio::spawn(follow_ldap_settings(
+        ctx.clone(),
+        services.settings.clone(),
+    )));
+    // SASL EXTERNAL: client certificates from the cluster CA or a configured CA.
     let cluster_ca = crate::cluster::pki::PkiFiles::new(&config.node.data_dir).ca_cert_path();
-    let ca_files = std::iter::once(cluster_ca.clone())
+    let client_cas: Vec<PathBuf> = std::iter::once(cluster_ca)
         .filter(|p| p.exists())
-        .chain(config.ldap.tls_client_ca.iter().cloned());
-    for file in ca_files {
-        for cert in
-            CertificateDer::pem_file_iter(&file).map_err(|e| format!("{}: {e}", file.display()))?
-        {
-            let cert = cert.map_err(|e| format!("{}: {e}", file.display()))?;
-            roots
-                .add(cert)
-                .map_err(|e| format!("{}: {e}", file.display()))?;
+        .chain(config.ldap.tls_client_ca.iter().cloned())
+        .collect();
+    let acceptor = services.tls_acceptor(
+        "ldap",
+        (
+            config.ldap.tls_cert.as_deref(),
+            config.ldap.tls_key.as_deref(),
+        ),
+        &client_cas,
+    )?;
+    let listeners = config
+        .ldap
+        .listen
+        .iter()
+        .map(|a| (a, false))
+        .chain(config.ldap.listen_tls.iter().map(|a| (a, true)));
+    for (addr, implicit) in listeners {
+        let listener = services.bind("ldap", *addr).await?;
+        let bound = listener.local_addr().map_err(|source| NodeError::Listen {
+            service: "ldap",
+            addr: *addr,
+            source,
+        })?;
+        let (service, tls) = match (&acceptor, implicit) {
+            (Some(a), true) => ("ldaps", ListenerTls::Implicit(a.clone())),
+            (a, _) => ("ldap", ListenerTls::Plain(a.clone())),
+        };
+        started.listening.push(Listening {
+            service,
+            addr: bound,
+        });
+        started.tasks.push(tokio::spawn(ldap::serve(
+            ctx.clone(),
+            listener,
+            tls,
+            services.shutdown.clone(),
+        )));
+    }
+    Ok(started)
+}
+
+/// Apply the LDAP part of the cluster settings (and the access rules and the login
+/// delay the LDAP binds use) whenever they change.
+async fn follow_ldap_settings(ctx: Arc<LdapContext>, mut settings: SettingsWatch) {
+    loop {
+        let now = settings.borrow_and_update().clone();
+        ctx.auth.set_rules(now.acl.as_deref());
+        ctx.auth
+            .throttle
+            .set_max_delay(std::time::Duration::from_millis(
+                now.ldap
+                    .bind_delay_max_ms
+                    .unwrap_or(ctx.config.bind_delay_max_ms),
+            ));
+        ctx.apply_settings(&now.ldap);
+        tracing::debug!("cluster settings applied to LDAP");
+        if settings.changed().await.is_err() {
+            return;
         }
     }
-    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?;
-    let builder = if roots.is_empty() {
-        builder.with_no_client_auth()
-    } else {
-        let verifier =
-            rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
-                .allow_unauthenticated()
-                .build()
-                .map_err(|e| format!("ldap TLS client CAs: {e}"))?;
-        builder.with_client_cert_verifier(verifier)
-    };
-    let server = builder
-        .with_single_cert(certs, key)
-        .map_err(|e| format!("ldap TLS certificate: {e}"))?;
-    Ok(Some(tokio_rustls::TlsAcceptor::from(Arc::new(server))))
 }
 
 /// A running node.
@@ -122,12 +286,10 @@ pub struct Node {
     pub directory: Arc<Directory>,
     /// This node's membership in the cluster.
     pub cluster: Arc<Cluster>,
-    /// The addresses the LDAP listeners are bound to.
-    pub ldap_addrs: Vec<SocketAddr>,
-    /// The addresses the LDAPS listeners are bound to.
-    pub ldaps_addrs: Vec<SocketAddr>,
+    /// Every listener the node's services bound, in the order they started.
+    pub listening: Vec<Listening>,
     shutdown: watch::Sender<bool>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
+    tasks: Vec<JoinHandle<()>>,
 }
 
 /// What a brand-new cluster's first node writes (init and quickstart).
@@ -139,15 +301,15 @@ pub struct NewCluster {
 }
 
 /// Create a cluster in `config.node.data_dir`: its CA, the first node, the base of the
-/// directory (written through the log). Returns the running cluster (without the
-/// cluster port when `serve` is false) and the demo accounts.
+/// directory (written through the log). Returns the running cluster (with its port
+/// when `port` is given, as [`Cluster::start`]) and the demo accounts.
 pub async fn create_cluster(
     config: &Config,
     directory: Arc<Directory>,
     new: &NewCluster,
-    serve: bool,
-) -> Result<(Arc<Cluster>, Vec<DemoAccount>), String> {
-    let cluster = Cluster::create(config, directory.clone(), serve).await?;
+    port: Option<transport::Services>,
+) -> Result<(Arc<Cluster>, Vec<DemoAccount>), NodeError> {
+    let cluster = Cluster::create(config, directory.clone(), port).await?;
     let accounts = bootstrap(
         &*cluster,
         directory.suffix(),
@@ -166,77 +328,69 @@ impl Node {
     pub async fn start(
         config: &Config,
         new: Option<&NewCluster>,
-    ) -> Result<(Node, Vec<DemoAccount>), String> {
+    ) -> Result<(Node, Vec<DemoAccount>), NodeError> {
         let mut directory = open_directory(config)?;
-        let settings = crate::settings::ClusterSettings::read(&directory);
+        let settings = ClusterSettings::read(&directory);
         if let Some(indexes) = &settings.indexes {
-            directory
-                .use_indexes(indexes)
-                .map_err(|e| format!("the cluster's index settings: {e}"))?;
+            directory.use_indexes(indexes).map_err(NodeError::Indexes)?;
         }
         let directory = Arc::new(directory);
+        // Services other layers serve on the cluster port register here.
+        let port = transport::Services::new();
         let (cluster, accounts) = match new {
-            Some(n) => create_cluster(config, directory.clone(), n, true).await?,
+            Some(n) => create_cluster(config, directory.clone(), n, Some(port)).await?,
             None => (
-                Cluster::start(config, directory.clone(), true).await?,
+                Cluster::start(config, directory.clone(), Some(port)).await?,
                 Vec::new(),
             ),
         };
         let (shutdown, rx) = watch::channel(false);
-        let ctx = Arc::new(LdapContext::new(
+        let auth = Arc::new(Authority::new(
             directory.clone(),
-            cluster.clone(),
-            config.ldap.clone(),
             &[config.admin_dn()],
+            &config.ldap.service_dns,
+            AclOptions {
+                service_reads_passwords: config.ldap.service_reads_passwords,
+            },
+            std::time::Duration::from_millis(config.ldap.bind_delay_max_ms),
         )?);
-        ctx.apply_settings(&settings);
-        tokio::spawn(follow_settings(
-            ctx.clone(),
+        // The settings may have changed while the cluster caught up.
+        let (publish, settings) = watch::channel(Arc::new(ClusterSettings::read(&directory)));
+        let mut tasks = vec![tokio::spawn(follow_settings(
             cluster.clone(),
-            settings,
+            publish,
             rx.clone(),
-        ));
-        let acceptor = ldap_tls_acceptor(config)?;
-        let mut ldap_addrs = Vec::new();
-        let mut ldaps_addrs = Vec::new();
-        let mut tasks = Vec::new();
-        let listeners = config
-            .ldap
-            .listen
-            .iter()
-            .map(|a| (a, false))
-            .chain(config.ldap.listen_tls.iter().map(|a| (a, true)));
-        for (addr, implicit) in listeners {
-            let listener = TcpListener::bind(addr)
-                .await
-                .map_err(|e| format!("ldap: cannot listen on {addr}: {e}"))?;
-            let bound = listener.local_addr().map_err(|e| e.to_string())?;
-            let tls = match (&acceptor, implicit) {
-                (Some(a), true) => {
-                    ldaps_addrs.push(bound);
-                    ldap::ListenerTls::Implicit(a.clone())
-                }
-                (a, _) => {
-                    ldap_addrs.push(bound);
-                    ldap::ListenerTls::Plain(a.clone())
-                }
-            };
-            tasks.push(tokio::spawn(ldap::serve(
-                ctx.clone(),
-                listener,
-                tls,
-                rx.clone(),
-            )));
+        ))];
+        let services = ServiceContext {
+            config: config.clone(),
+            directory: directory.clone(),
+            cluster: cluster.clone(),
+            auth,
+            settings,
+            shutdown: rx,
+        };
+        let mut listening = Vec::new();
+        for started in [start_ldap(&services).await?] {
+            listening.extend(started.listening);
+            tasks.extend(started.tasks);
         }
         let node = Node {
             directory,
             cluster,
-            ldap_addrs,
-            ldaps_addrs,
+            listening,
             shutdown,
             tasks,
         };
         Ok((node, accounts))
+    }
+
+    /// The addresses bound for `service` (`ldap`, `ldaps`, ...).
+    pub fn addrs(&self, service: &str) -> Vec<SocketAddr> {
+        self.listening
+            .iter()
+            .filter(|l| l.service == service)
+            .map(|l| l.addr)
+            .collect()
     }
 
     /// Stop accepting, close sessions, stop Raft.
@@ -290,7 +444,7 @@ async fn add(
     admin: &str,
     dn: String,
     attrs: &[(&str, &[&str])],
-) -> Result<(), String> {
+) -> Result<(), NodeError> {
     use crate::directory::entry::Attribute;
     use crate::directory::{hash_clear_passwords, DirectoryCommand, WriteMeta};
     let attrs = attrs
@@ -311,7 +465,7 @@ async fn add(
             meta: WriteMeta::now(admin),
         })
         .await
-        .map_err(|e| format!("{dn}: {e}"))
+        .map_err(|e| NodeError::Bootstrap(format!("{dn}: {e}")))
 }
 
 /// Create the base of the tree: the suffix, `ou=domains`, `ou=nodes`, `ou=system` with
@@ -324,21 +478,21 @@ pub async fn bootstrap(
     admin_dn: &str,
     admin_password: &str,
     demo: bool,
-) -> Result<Vec<DemoAccount>, String> {
+) -> Result<Vec<DemoAccount>, NodeError> {
     let suffix = suffix_dn.to_string();
     let first = suffix_dn
         .rdn()
         .and_then(|r| r.0.first())
-        .ok_or("empty suffix")?;
+        .ok_or_else(|| NodeError::Bootstrap("empty suffix".into()))?;
     let first_value = String::from_utf8_lossy(&first.value).into_owned();
     let top_class = match first.attr.to_ascii_lowercase().as_str() {
         "dc" => vec!["top", "domain"],
         "o" => vec!["top", "organization"],
         "ou" => vec!["top", "organizationalUnit"],
         other => {
-            return Err(format!(
+            return Err(NodeError::Bootstrap(format!(
                 "a suffix whose RDN is {other}= is not supported; use dc=, o= or ou="
-            ))
+            )))
         }
     };
     let naming = first.attr.clone();
@@ -364,7 +518,8 @@ pub async fn bootstrap(
         )
         .await?;
     }
-    let admin = crate::directory::dn::Dn::parse(admin_dn).map_err(|e| e.to_string())?;
+    let admin = crate::directory::dn::Dn::parse(admin_dn)
+        .map_err(|e| NodeError::Bootstrap(format!("{admin_dn}: {e}")))?;
     let admin_cn = admin
         .rdn()
         .and_then(|r| r.0.first())

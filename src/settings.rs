@@ -7,18 +7,32 @@
 //! is present they replace the local index list, applied at the node's next start),
 //! `acl` (the whole access rule text, replacing the defaults), and the LDAP limits
 //! `ldap.sizeLimit`, `ldap.timeLimitSecs`, `ldap.maxConnectionsPerAddress`,
-//! `ldap.idleTimeoutSecs`, `ldap.bindDelayMaxMs` (applied live).
+//! `ldap.idleTimeoutSecs`, `ldap.bindDelayMaxMs` (applied live). Each service's keys
+//! share a prefix and are parsed into that service's part of [`ClusterSettings`].
+//!
+//! A node reads the settings at start and publishes every change on a
+//! [`SettingsWatch`]; each service subscribes and applies its own part live.
 
 use std::collections::BTreeMap;
 
+use std::sync::Arc;
+
+use tokio::sync::watch;
+
 use crate::directory::Directory;
+
+/// The settings in force, as every service of a node sees them: the receiving half of
+/// the node's settings channel. `borrow()` gives the current settings, `changed()`
+/// waits for the next change.
+pub type SettingsWatch = watch::Receiver<Arc<ClusterSettings>>;
 
 /// The DN of the settings entry.
 pub fn settings_dn(suffix: &str) -> String {
     format!("cn=cluster,ou=system,{suffix}")
 }
 
-/// The settings found in the directory (absent keys: use the local defaults).
+/// The settings found in the directory (absent keys: use the local defaults). Keys
+/// with a service's prefix (`ldap.`) belong to that service's part.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ClusterSettings {
     /// Target number of voters.
@@ -27,16 +41,54 @@ pub struct ClusterSettings {
     pub indexes: Option<BTreeMap<String, String>>,
     /// Access rules in their text form.
     pub acl: Option<String>,
-    /// Search size limit for non-administrators.
+    /// The LDAP front end's keys (`ldap.*`).
+    pub ldap: LdapSettings,
+}
+
+/// The LDAP front end's cluster-wide keys.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LdapSettings {
+    /// Search size limit for non-administrators (`ldap.sizeLimit`).
     pub size_limit: Option<usize>,
-    /// Search time limit in seconds.
+    /// Search time limit in seconds (`ldap.timeLimitSecs`).
     pub time_limit_secs: Option<u64>,
-    /// Connections per client address.
+    /// Connections per client address (`ldap.maxConnectionsPerAddress`).
     pub max_connections_per_address: Option<usize>,
-    /// Idle timeout in seconds.
+    /// Idle timeout in seconds (`ldap.idleTimeoutSecs`).
     pub idle_timeout_secs: Option<u64>,
-    /// Longest failed-bind delay in milliseconds.
+    /// Longest failed-bind delay in milliseconds (`ldap.bindDelayMaxMs`).
     pub bind_delay_max_ms: Option<u64>,
+}
+
+/// A number-valued key's value, or `None` (logged) when it is not a number.
+fn number(key: &str, value: &str) -> Option<u64> {
+    let n = value.trim().parse().ok();
+    if n.is_none() {
+        tracing::warn!(
+            setting = key,
+            value,
+            "cluster setting is not a number; ignored"
+        );
+    }
+    n
+}
+
+impl LdapSettings {
+    /// Take one key (without its `ldap.` prefix); false when it is not an LDAP key.
+    fn set(&mut self, key: &str, value: &str) -> bool {
+        let full = |k: &str| format!("ldap.{k}");
+        match key {
+            "sizeLimit" => self.size_limit = number(&full(key), value).map(|n| n as usize),
+            "timeLimitSecs" => self.time_limit_secs = number(&full(key), value),
+            "maxConnectionsPerAddress" => {
+                self.max_connections_per_address = number(&full(key), value).map(|n| n as usize)
+            }
+            "idleTimeoutSecs" => self.idle_timeout_secs = number(&full(key), value),
+            "bindDelayMaxMs" => self.bind_delay_max_ms = number(&full(key), value),
+            _ => return false,
+        }
+        true
+    }
 }
 
 impl ClusterSettings {
@@ -48,35 +100,32 @@ impl ClusterSettings {
                 tracing::warn!(setting = v, "cluster setting without '='; ignored");
                 continue;
             };
-            let num = |what: &str| -> Option<u64> {
-                let n = value.trim().parse().ok();
-                if n.is_none() {
-                    tracing::warn!(
-                        setting = what,
-                        value,
-                        "cluster setting is not a number; ignored"
-                    );
-                }
-                n
-            };
-            match key.trim() {
-                "voterTarget" => s.voter_target = num(key).map(|n| n as usize),
-                "index" => {
-                    if let Some((attr, kinds)) = value.split_once(':') {
-                        s.indexes
-                            .get_or_insert_with(BTreeMap::new)
-                            .insert(attr.trim().to_string(), kinds.trim().to_string());
+            let key = key.trim();
+            let known = match key.split_once('.') {
+                Some(("ldap", rest)) => s.ldap.set(rest, value),
+                Some(_) => false,
+                None => match key {
+                    "voterTarget" => {
+                        s.voter_target = number(key, value).map(|n| n as usize);
+                        true
                     }
-                }
-                "acl" => s.acl = Some(value.to_string()),
-                "ldap.sizeLimit" => s.size_limit = num(key).map(|n| n as usize),
-                "ldap.timeLimitSecs" => s.time_limit_secs = num(key),
-                "ldap.maxConnectionsPerAddress" => {
-                    s.max_connections_per_address = num(key).map(|n| n as usize)
-                }
-                "ldap.idleTimeoutSecs" => s.idle_timeout_secs = num(key),
-                "ldap.bindDelayMaxMs" => s.bind_delay_max_ms = num(key),
-                other => tracing::warn!(setting = other, "unknown cluster setting; ignored"),
+                    "index" => {
+                        if let Some((attr, kinds)) = value.split_once(':') {
+                            s.indexes
+                                .get_or_insert_with(BTreeMap::new)
+                                .insert(attr.trim().to_string(), kinds.trim().to_string());
+                        }
+                        true
+                    }
+                    "acl" => {
+                        s.acl = Some(value.to_string());
+                        true
+                    }
+                    _ => false,
+                },
+            };
+            if !known {
+                tracing::warn!(setting = key, "unknown cluster setting; ignored");
             }
         }
         s
@@ -119,8 +168,8 @@ mod tests {
         assert_eq!(s.voter_target, Some(5));
         assert_eq!(s.indexes.as_ref().unwrap().get("mail").unwrap(), "eq,sub");
         assert_eq!(s.indexes.as_ref().unwrap().len(), 2);
-        assert_eq!(s.size_limit, Some(10));
+        assert_eq!(s.ldap.size_limit, Some(10));
         assert_eq!(s.acl.as_deref(), Some("to * by * read"));
-        assert_eq!(s.time_limit_secs, None);
+        assert_eq!(s.ldap.time_limit_secs, None);
     }
 }

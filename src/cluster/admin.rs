@@ -286,7 +286,7 @@ async fn remove_node(cluster: &Cluster, id: NodeId) -> AdminReply {
         Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => match f.leader_node {
             Some(leader) => match cluster
                 .dialer()
-                .call::<_, AdminReply>(&leader.addr, Service::Status, &AdminRequest::RemoveNode(id))
+                .call::<_, AdminReply>(&leader.addr, Service::STATUS, &AdminRequest::RemoveNode(id))
                 .await
             {
                 Ok(r) => r,

@@ -71,7 +71,7 @@ impl DrillReport {
 async fn call(dialer: &Dialer, addr: &str, req: &AdminRequest) -> Result<AdminReply, String> {
     match tokio::time::timeout(
         Duration::from_secs(5),
-        dialer.call::<_, AdminReply>(addr, Service::Status, req),
+        dialer.call::<_, AdminReply>(addr, Service::STATUS, req),
     )
     .await
     {

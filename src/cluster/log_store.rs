@@ -60,6 +60,8 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
+use crate::durable::{sync_dir, write_atomic, Access};
+
 use super::types::{NodeId, TypeConfig};
 
 /// A log entry of PigeonAir's Raft log.
@@ -145,11 +147,6 @@ fn decode<T: DeserializeOwned>(bytes: &[u8], op: Op) -> Result<T, StErr> {
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-/// Sync a directory, so that the files created, renamed or removed in it stay so.
-fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    File::open(dir)?.sync_all()
 }
 
 /// An I/O error with the path it concerns.
@@ -253,15 +250,8 @@ impl Meta {
         let payload = encode(self, Op::WriteVote).map_err(|e| e.to_string())?;
         let mut bytes = Vec::with_capacity(HEADER + payload.len());
         put_record(&mut bytes, 0, 0, &payload);
-        let tmp = dir.join("meta.new");
-        let write = || -> std::io::Result<()> {
-            let f = File::create(&tmp)?;
-            f.write_all_at(&bytes, 0)?;
-            f.sync_all()?;
-            fs::rename(&tmp, dir.join(META_FILE))?;
-            sync_dir(dir)
-        };
-        write().map_err(|e| io_at(dir, "cannot save the vote and purge state in", e))
+        write_atomic(&dir.join(META_FILE), &bytes, Access::Private)
+            .map_err(|e| io_at(dir, "cannot save the vote and purge state in", e))
     }
 }
 

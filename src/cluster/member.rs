@@ -18,8 +18,9 @@ use super::log_store::LogStore;
 use super::network::{serve_raft, Network};
 use super::pki::{ClusterCa, PkiFiles};
 use super::state_machine::{Checkpoint, StateMachine};
-use super::transport::{self, Conn, Dialer, Handler, Service};
+use super::transport::{self, Conn, Dialer, Service, Services};
 use super::types::{ClusterNode, ClusterRequest, NodeId, Raft};
+use super::ClusterError;
 use crate::config::Config;
 use crate::directory::entry::Attribute;
 use crate::directory::{DirError, Directory, DirectoryCommand, WriteMeta, WritePath};
@@ -39,23 +40,23 @@ impl MemberState {
     }
 
     /// Load the state of an initialised or joined node.
-    pub fn load(data_dir: &Path) -> Result<MemberState, String> {
+    pub fn load(data_dir: &Path) -> Result<MemberState, ClusterError> {
         let p = Self::path(data_dir);
-        let text = std::fs::read_to_string(&p)
-            .map_err(|e| format!("{}: {e} (is this node initialised or joined?)", p.display()))?;
-        toml::from_str(&text).map_err(|e| format!("{}: {e}", p.display()))
+        let text = std::fs::read_to_string(&p).map_err(|e| {
+            ClusterError::State(format!(
+                "{}: {e} (is this node initialised or joined?)",
+                p.display()
+            ))
+        })?;
+        toml::from_str(&text).map_err(|e| ClusterError::State(format!("{}: {e}", p.display())))
     }
 
     /// Save it durably.
-    pub fn save(&self, data_dir: &Path) -> Result<(), String> {
+    pub fn save(&self, data_dir: &Path) -> Result<(), ClusterError> {
         let p = Self::path(data_dir);
-        let tmp = p.with_extension("tmp");
-        let text = toml::to_string(self).map_err(|e| e.to_string())?;
-        std::fs::write(&tmp, text).map_err(|e| format!("{}: {e}", tmp.display()))?;
-        std::fs::File::open(&tmp)
-            .and_then(|f| f.sync_all())
-            .map_err(|e| e.to_string())?;
-        std::fs::rename(&tmp, &p).map_err(|e| format!("{}: {e}", p.display()))
+        let text = toml::to_string(self).map_err(|e| ClusterError::State(e.to_string()))?;
+        crate::durable::write_atomic(&p, text.as_bytes(), crate::durable::Access::Public)
+            .map_err(|e| ClusterError::State(format!("{}: {e}", p.display())))
     }
 }
 
@@ -100,7 +101,7 @@ pub struct Cluster {
     digest_cache: Mutex<Option<(u64, String)>>,
 }
 
-fn raft_config(config: &Config, cluster_id: &str) -> Result<Arc<openraft::Config>, String> {
+fn raft_config(config: &Config, cluster_id: &str) -> Result<Arc<openraft::Config>, ClusterError> {
     let c = &config.cluster;
     let rc = openraft::Config {
         cluster_name: cluster_id.to_string(),
@@ -112,7 +113,10 @@ fn raft_config(config: &Config, cluster_id: &str) -> Result<Arc<openraft::Config
         install_snapshot_timeout: 10_000,
         ..Default::default()
     };
-    Ok(Arc::new(rc.validate().map_err(|e| e.to_string())?))
+    Ok(Arc::new(
+        rc.validate()
+            .map_err(|e| ClusterError::Raft(e.to_string()))?,
+    ))
 }
 
 /// Directory metadata set by an offline `ldif import` until a snapshot holds it.
@@ -163,25 +167,25 @@ fn hold_elections_until_heard(raft: &Raft, mut heard: watch::Receiver<bool>, gra
 }
 
 impl Cluster {
-    /// Start this node's Raft and, when `serve` is set, its cluster port.
+    /// Start this node's Raft and, when `port` is given, its cluster port, serving the
+    /// cluster's own services and those registered in `port`.
     pub async fn start(
         config: &Config,
         dir: Arc<Directory>,
-        serve: bool,
-    ) -> Result<Arc<Cluster>, String> {
+        port: Option<Services>,
+    ) -> Result<Arc<Cluster>, ClusterError> {
         let data_dir = config.node.data_dir.clone();
         let state = MemberState::load(&data_dir)?;
-        let identity = PkiFiles::new(&data_dir)
-            .load_identity()
-            .map_err(|e| e.to_string())?;
-        let log_store = LogStore::open(&data_dir).map_err(|e| e.to_string())?;
+        let identity = PkiFiles::new(&data_dir).load_identity()?;
+        let log_store =
+            LogStore::open(&data_dir).map_err(|e| ClusterError::Storage(e.to_string()))?;
         let sm = StateMachine::open_with(
             dir.clone(),
             &data_dir,
             Checkpoint::from_config(&config.cluster),
         )
-        .map_err(|e| e.to_string())?;
-        let dialer = Arc::new(Dialer::new(&identity).map_err(|e| e.to_string())?);
+        .map_err(|e| ClusterError::Storage(e.to_string()))?;
+        let dialer = Arc::new(Dialer::new(&identity)?);
         let muted = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let raft = Raft::new(
             state.node_id,
@@ -195,7 +199,7 @@ impl Cluster {
             sm.clone(),
         )
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| ClusterError::Raft(e.to_string()))?;
         let (heard_leader, heard) = watch::channel(false);
         hold_elections_until_heard(
             &raft,
@@ -220,11 +224,11 @@ impl Cluster {
             heard_leader,
             digest_cache: Mutex::new(None),
         };
-        let listener = if serve {
-            let l = TcpListener::bind(config.cluster.listen)
-                .await
-                .map_err(|e| format!("cluster: cannot listen on {}: {e}", config.cluster.listen))?;
-            let bound = l.local_addr().map_err(|e| e.to_string())?;
+        let listener = if port.is_some() {
+            let addr = config.cluster.listen;
+            let listen_error = |source| ClusterError::Listen { addr, source };
+            let l = TcpListener::bind(addr).await.map_err(listen_error)?;
+            let bound = l.local_addr().map_err(listen_error)?;
             cluster.cluster_addr = Some(bound);
             if config.cluster.advertise.is_none() && config.cluster.listen.port() == 0 {
                 // An ephemeral port: others can only reach what was actually bound.
@@ -248,10 +252,11 @@ impl Cluster {
         {
             cluster.publish_offline_import().await;
         }
-        if let Some(listener) = listener {
-            let server = transport::server_config(&identity).map_err(|e| e.to_string())?;
-            let handler: Arc<dyn Handler> = Arc::new(ClusterHandler(cluster.clone()));
-            tokio::spawn(transport::serve(listener, server, handler, rx));
+        if let (Some(listener), Some(extra)) = (listener, port) {
+            let server = transport::server_config(&identity)?;
+            let mut services = cluster.own_services()?;
+            services.extend(extra)?;
+            tokio::spawn(transport::serve(listener, server, Arc::new(services), rx));
             let c = cluster.clone();
             tokio::spawn(async move { c.register_self().await });
         }
@@ -267,28 +272,27 @@ impl Cluster {
 
     /// Create a new cluster in `config.node.data_dir`: its id, CA, this node's
     /// certificate (node 1) and a one-voter membership. Then start it (with the cluster
-    /// port when `serve` is set) so the caller can write the first entries.
+    /// port when `port` is given, as [`Cluster::start`]) so the caller can write the
+    /// first entries.
     pub async fn create(
         config: &Config,
         dir: Arc<Directory>,
-        serve: bool,
-    ) -> Result<Arc<Cluster>, String> {
+        port: Option<Services>,
+    ) -> Result<Arc<Cluster>, ClusterError> {
         let data_dir = &config.node.data_dir;
         let cluster_id = uuid::Uuid::new_v4().to_string();
-        let ca = ClusterCa::generate(&cluster_id).map_err(|e| e.to_string())?;
+        let ca = ClusterCa::generate(&cluster_id)?;
         let hosts = vec![host_of(&config.cluster.advertised())];
-        let cert = ca
-            .issue_node(1, &config.node.name, &hosts)
-            .map_err(|e| e.to_string())?;
+        let cert = ca.issue_node(1, &config.node.name, &hosts)?;
         let files = PkiFiles::new(data_dir);
-        files.save_ca(&ca).map_err(|e| e.to_string())?;
-        files.save_node(&cert).map_err(|e| e.to_string())?;
+        files.save_ca(&ca)?;
+        files.save_node(&cert)?;
         MemberState {
             cluster_id,
             node_id: 1,
         }
         .save(data_dir)?;
-        let cluster = Cluster::start(config, dir, serve).await?;
+        let cluster = Cluster::start(config, dir, port).await?;
         let mut members = BTreeMap::new();
         members.insert(
             1,
@@ -297,24 +301,25 @@ impl Cluster {
                 addr: cluster.advertise.clone(),
             },
         );
+        let raft_error = |e: &dyn std::fmt::Display| ClusterError::Raft(e.to_string());
         cluster
             .raft
             .initialize(members)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| raft_error(&e))?;
         cluster
             .raft
             .wait(Some(Duration::from_secs(10)))
             .state(ServerState::Leader, "the first node leads")
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| raft_error(&e))?;
         Ok(cluster)
     }
 
     /// Join a cluster through `peer` with a token; on success this node's identity and
     /// membership state are written to its data directory.
-    pub async fn join(config: &Config, token: &str, peer: &str) -> Result<JoinGrant, String> {
-        let token = join::JoinToken::parse(token)?;
+    pub async fn join(config: &Config, token: &str, peer: &str) -> Result<JoinGrant, ClusterError> {
+        let token = join::JoinToken::parse(token).map_err(ClusterError::Join)?;
         let req = JoinRequest {
             token_id: token.id.clone(),
             secret: token.secret.clone(),
@@ -323,25 +328,26 @@ impl Cluster {
         };
         let mut target = peer.to_string();
         for _ in 0..5 {
-            let mut conn = transport::connect_pinned(&target, &token.ca_fingerprint, Service::Join)
+            let mut conn = transport::connect_pinned(&target, &token.ca_fingerprint, Service::JOIN)
                 .await
-                .map_err(|e| format!("cannot reach {target} with this token's CA pinned: {e}"))?;
+                .map_err(|e| {
+                    ClusterError::Join(format!(
+                        "cannot reach {target} with this token's CA pinned: {e}"
+                    ))
+                })?;
             let reply: JoinReply = conn
                 .call(&req)
                 .await
-                .map_err(|e| format!("join request to {target} failed: {e}"))?;
+                .map_err(|e| ClusterError::Join(format!("join request to {target} failed: {e}")))?;
             match reply {
                 JoinReply::Accepted(grant) => {
                     let files = PkiFiles::new(&config.node.data_dir);
-                    let ca = ClusterCa::from_pem(&grant.ca_pem, &grant.ca_key_pem)
-                        .map_err(|e| e.to_string())?;
-                    files.save_ca(&ca).map_err(|e| e.to_string())?;
-                    files
-                        .save_node(&super::pki::NodeCert {
-                            cert_pem: grant.cert_pem.clone(),
-                            key_pem: grant.key_pem.clone(),
-                        })
-                        .map_err(|e| e.to_string())?;
+                    let ca = ClusterCa::from_pem(&grant.ca_pem, &grant.ca_key_pem)?;
+                    files.save_ca(&ca)?;
+                    files.save_node(&super::pki::NodeCert {
+                        cert_pem: grant.cert_pem.clone(),
+                        key_pem: grant.key_pem.clone(),
+                    })?;
                     MemberState {
                         cluster_id: grant.cluster_id.clone(),
                         node_id: grant.node_id,
@@ -351,12 +357,18 @@ impl Cluster {
                 }
                 JoinReply::Redirect { leader: Some(l) } => target = l,
                 JoinReply::Redirect { leader: None } => {
-                    return Err("the cluster has no leader right now; try again".into())
+                    return Err(ClusterError::Join(
+                        "the cluster has no leader right now; try again".into(),
+                    ))
                 }
-                JoinReply::Refused(why) => return Err(format!("join refused: {why}")),
+                JoinReply::Refused(why) => {
+                    return Err(ClusterError::Join(format!("join refused: {why}")))
+                }
             }
         }
-        Err("too many redirects while looking for the leader".into())
+        Err(ClusterError::Join(
+            "too many redirects while looking for the leader".into(),
+        ))
     }
 
     /// The state machine (applied index, directory).
@@ -406,7 +418,7 @@ impl Cluster {
                         let left = deadline.saturating_duration_since(Instant::now());
                         let forwarded =
                             self.dialer
-                                .call::<_, WriteReply>(&node.addr, Service::Write, &request);
+                                .call::<_, WriteReply>(&node.addr, Service::WRITE, &request);
                         let reply = match tokio::time::timeout(left, forwarded).await {
                             Ok(r) => r,
                             Err(_) => return Err(unavailable()),
@@ -616,7 +628,7 @@ impl Cluster {
     pub async fn peer_status(&self, addr: &str) -> Result<NodeStatus, String> {
         match self
             .dialer
-            .call::<_, AdminReply>(addr, Service::Status, &AdminRequest::Status)
+            .call::<_, AdminReply>(addr, Service::STATUS, &AdminRequest::Status)
             .await
         {
             Ok(AdminReply::Status(s)) => Ok(*s),
@@ -794,74 +806,89 @@ fn host_of(addr: &str) -> String {
         .unwrap_or_else(|| addr.to_string())
 }
 
-struct ClusterHandler(Arc<Cluster>);
+impl Cluster {
+    /// The cluster's own services on its port, each served by a method of this node.
+    fn own_services(self: &Arc<Self>) -> Result<Services, ClusterError> {
+        let mut services = Services::new();
+        let c = self.clone();
+        services.register(
+            Service::RAFT,
+            Arc::new(move |conn: Conn| {
+                let c = c.clone();
+                async move { serve_raft(c.raft.clone(), conn.stream, &c.heard_leader).await }
+            }),
+        )?;
+        let c = self.clone();
+        services.register(
+            Service::WRITE,
+            Arc::new(move |conn: Conn| c.clone().serve_writes(conn)),
+        )?;
+        let c = self.clone();
+        services.register(
+            Service::JOIN,
+            Arc::new(move |conn: Conn| c.clone().serve_join(conn)),
+        )?;
+        let c = self.clone();
+        services.register(
+            Service::STATUS,
+            Arc::new(move |conn: Conn| c.clone().serve_status(conn)),
+        )?;
+        Ok(services)
+    }
 
-impl Handler for ClusterHandler {
-    fn handle(
-        &self,
-        conn: Conn,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'static>> {
-        let cluster = self.0.clone();
-        Box::pin(async move {
-            let Conn {
-                service,
-                mut stream,
-                ..
-            } = conn;
-            match service {
-                Service::Raft => {
-                    serve_raft(cluster.raft.clone(), stream, &cluster.heard_leader).await
-                }
-                Service::Write => loop {
-                    let req: ClusterRequest = match transport::read_frame(&mut stream).await {
-                        Ok(Some(r)) => r,
-                        _ => return,
-                    };
-                    let proposed =
-                        tokio::time::timeout(cluster.write_timeout, cluster.raft.client_write(req))
-                            .await;
-                    let Ok(proposed) = proposed else {
-                        let _ = transport::write_frame(
-                            &mut stream,
-                            &WriteReply::Failed("not committed in time".into()),
-                        )
-                        .await;
-                        return;
-                    };
-                    let reply = match proposed {
-                        Ok(resp) => WriteReply::Applied {
-                            index: resp.log_id.index,
-                            result: resp.data.0,
-                        },
-                        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                            WriteReply::NotLeader(f.leader_node.map(|n| n.addr))
-                        }
-                        Err(e) => WriteReply::Failed(e.to_string()),
-                    };
-                    if transport::write_frame(&mut stream, &reply).await.is_err() {
-                        return;
-                    }
+    /// Writes forwarded by other nodes: propose each, answer its outcome.
+    async fn serve_writes(self: Arc<Self>, mut conn: Conn) {
+        loop {
+            let req: ClusterRequest = match conn.recv().await {
+                Ok(Some(r)) => r,
+                _ => return,
+            };
+            let proposed =
+                tokio::time::timeout(self.write_timeout, self.raft.client_write(req)).await;
+            let Ok(proposed) = proposed else {
+                let _ = conn
+                    .send(&WriteReply::Failed("not committed in time".into()))
+                    .await;
+                return;
+            };
+            let reply = match proposed {
+                Ok(resp) => WriteReply::Applied {
+                    index: resp.log_id.index,
+                    result: resp.data.0,
                 },
-                Service::Join => {
-                    let req: JoinRequest = match transport::read_frame(&mut stream).await {
-                        Ok(Some(r)) => r,
-                        _ => return,
-                    };
-                    let reply = cluster.handle_join(req).await;
-                    let _ = transport::write_frame(&mut stream, &reply).await;
+                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                    WriteReply::NotLeader(f.leader_node.map(|n| n.addr))
                 }
-                Service::Status => loop {
-                    let req: AdminRequest = match transport::read_frame(&mut stream).await {
-                        Ok(Some(r)) => r,
-                        _ => return,
-                    };
-                    let reply = cluster.handle_admin(req).await;
-                    if transport::write_frame(&mut stream, &reply).await.is_err() {
-                        return;
-                    }
-                },
+                Err(e) => WriteReply::Failed(e.to_string()),
+            };
+            if conn.send(&reply).await.is_err() {
+                return;
             }
-        })
+        }
+    }
+
+    /// One join request from a node that holds a token.
+    async fn serve_join(self: Arc<Self>, mut conn: Conn) {
+        let req: JoinRequest = match conn.recv().await {
+            Ok(Some(r)) => r,
+            _ => return,
+        };
+        let reply = self.handle_join(req).await;
+        let _ = conn.send(&reply).await;
+    }
+
+    /// Operator requests (status, tokens, node removal, the drill's).
+    async fn serve_status(self: Arc<Self>, mut conn: Conn) {
+        loop {
+            let req: AdminRequest = match conn.recv().await {
+                Ok(Some(r)) => r,
+                _ => return,
+            };
+            let reply = self.handle_admin(req).await;
+            if conn.send(&reply).await.is_err() {
+                return;
+            }
+        }
     }
 }
 

@@ -143,7 +143,7 @@ impl PeerConnection {
         }
         match tokio::time::timeout(
             option.hard_ttl(),
-            self.dialer.call(&self.addr, Service::Raft, &rpc),
+            self.dialer.call(&self.addr, Service::RAFT, &rpc),
         )
         .await
         {

@@ -8,7 +8,6 @@
 //! `pigeonair-node-<id>`, which is how a server learns which node a verified client is.
 
 use std::fs;
-use std::io::Write;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -22,6 +21,8 @@ use rustls::pki_types::{CertificateDer, DnsName};
 use sha2::{Digest, Sha256};
 
 use super::transport::TlsIdentity;
+use crate::durable::{write_atomic, Access};
+use crate::net::der::{self, hex};
 
 /// The DNS name every node certificate carries; clients verify servers against it.
 pub const CLUSTER_SERVER_NAME: &str = "pigeonair-cluster";
@@ -123,16 +124,6 @@ fn cn_name(cn: &str) -> DistinguishedName {
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, cn);
     dn
-}
-
-/// Lower-case hex of a byte string.
-fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        let _ = write!(out, "{b:02x}");
-    }
-    out
 }
 
 /// Lower-case hex SHA-256 of a DER certificate (the form pinned in join tokens).
@@ -357,78 +348,6 @@ fn percent_encode(s: &str) -> String {
     out
 }
 
-/// Decodes `%XX` escapes; `None` on a broken escape or bytes that are not UTF-8.
-fn percent_decode(s: &str) -> Option<String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = s.get(i + 1..i + 3)?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
-}
-
-/// What a verified client certificate says about who its holder is, for SASL EXTERNAL.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ClientNames {
-    /// The subject as an RFC 4514 string, RDNs from the most specific to the root
-    /// (`cn=dovecot,ou=system,dc=pigeonair`). Attribute types LDAP knows get their
-    /// short names (`emailAddress` for the PKCS #9 one, as OpenSSL and OpenLDAP print
-    /// it); others are written as a dotted OID with the value in `#hex`.
-    pub subject: String,
-    /// DNs named by `ldap:///<dn>` URI subject alternative names.
-    pub ldap_dns: Vec<String>,
-    /// Mail addresses: rfc822Name alternative names and subject `emailAddress`es.
-    pub emails: Vec<String>,
-}
-
-/// The names in a client certificate (DER); `None` if it cannot be parsed.
-pub fn client_names(cert_der: &[u8]) -> Option<ClientNames> {
-    let parts = der::parse_certificate(cert_der)?;
-    let subject = der::name_to_string(parts.subject_content)?;
-    let mut names = ClientNames {
-        subject,
-        ..ClientNames::default()
-    };
-    for (tag, value) in der::subject_alt_names(parts.extensions)? {
-        let Ok(text) = std::str::from_utf8(value) else {
-            continue;
-        };
-        match tag {
-            der::SAN_EMAIL => names.emails.push(text.to_string()),
-            der::SAN_URI => {
-                let Some(rest) = text
-                    .get(..8)
-                    .filter(|p| p.eq_ignore_ascii_case("ldap:///"))
-                    .map(|_| &text[8..])
-                else {
-                    continue;
-                };
-                // No attributes, scope or filter: just the DN.
-                if !rest.contains('?') {
-                    if let Some(dn) = percent_decode(rest) {
-                        names.ldap_dns.push(dn);
-                    }
-                }
-            }
-            _ => {}
-        }
-    }
-    for rdn in names.subject.split(',') {
-        if let Some(mail) = rdn.strip_prefix("emailAddress=") {
-            names.emails.push(mail.replace('\\', ""));
-        }
-    }
-    Some(names)
-}
-
 /// The node id in a peer certificate (DER): the `<id>` of its subject common name
 /// `pigeonair-node-<id>`. `None` if the certificate cannot be parsed, has no single CN,
 /// or the CN is not of that form. Only meaningful for a certificate already verified
@@ -558,303 +477,14 @@ impl PkiFiles {
     }
 }
 
-/// Writes `path` atomically (temporary file, fsync, rename), with mode 0600 if `secret`.
+/// Writes `path` atomically and durably, with mode 0600 if `secret`.
 fn write_file(path: &Path, contents: &[u8], secret: bool) -> Result<(), PkiError> {
-    let file_name = path
-        .file_name()
-        .and_then(|n| n.to_str())
-        .ok_or_else(|| PkiError::Invalid(format!("bad path {}", path.display())))?;
-    let tmp = path.with_file_name(format!(".{file_name}.tmp"));
-    let _ = fs::remove_file(&tmp);
-    let mut options = fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(if secret { 0o600 } else { 0o644 });
-    }
-    #[cfg(not(unix))]
-    let _ = secret;
-    let result = (|| {
-        let mut f = options.open(&tmp)?;
-        f.write_all(contents)?;
-        f.sync_all()?;
-        drop(f);
-        fs::rename(&tmp, path)?;
-        if let Some(parent) = path.parent() {
-            if let Ok(d) = fs::File::open(parent) {
-                let _ = d.sync_all();
-            }
-        }
-        Ok::<(), std::io::Error>(())
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    Ok(result?)
-}
-
-/// A minimal, bounded, panic-free DER reader: just enough of X.509 to find the issuer,
-/// subject (and its common name) and public key of a certificate.
-mod der {
-    /// One TLV: its tag, its contents, the whole encoding, and what follows it.
-    struct Tlv<'a> {
-        tag: u8,
-        content: &'a [u8],
-        whole: &'a [u8],
-        rest: &'a [u8],
-    }
-
-    fn read_tlv(input: &[u8]) -> Option<Tlv<'_>> {
-        let (&tag, after_tag) = input.split_first()?;
-        if tag & 0x1f == 0x1f {
-            return None; // multi-byte tags do not occur in what we read
-        }
-        let (&first, after_len) = after_tag.split_first()?;
-        let (len, header_len, body) = if first < 0x80 {
-            (first as usize, 2usize, after_len)
-        } else {
-            let n = (first & 0x7f) as usize;
-            if n == 0 || n > 4 || after_len.len() < n {
-                return None; // indefinite or absurd lengths
-            }
-            let mut len = 0usize;
-            for &b in &after_len[..n] {
-                len = (len << 8) | b as usize;
-            }
-            (len, 2 + n, &after_len[n..])
-        };
-        if body.len() < len {
-            return None;
-        }
-        let total = header_len.checked_add(len)?;
-        Some(Tlv {
-            tag,
-            content: &body[..len],
-            whole: input.get(..total)?,
-            rest: &body[len..],
-        })
-    }
-
-    fn expect(input: &[u8], tag: u8) -> Option<Tlv<'_>> {
-        let tlv = read_tlv(input)?;
-        (tlv.tag == tag).then_some(tlv)
-    }
-
-    const SEQUENCE: u8 = 0x30;
-    const SET: u8 = 0x31;
-    const INTEGER: u8 = 0x02;
-    const OID: u8 = 0x06;
-    const VERSION: u8 = 0xa0;
-    const CN_OID: &[u8] = &[0x55, 0x04, 0x03];
-
-    /// The parts of a certificate the PKI reads.
-    pub(super) struct CertParts<'a> {
-        /// The issuer Name, whole encoding.
-        pub issuer: &'a [u8],
-        /// The subject Name, whole encoding.
-        pub subject: &'a [u8],
-        /// The subject Name's contents (its RDNs).
-        pub subject_content: &'a [u8],
-        /// The SubjectPublicKeyInfo, whole encoding.
-        pub spki: &'a [u8],
-        /// The contents of the Extensions SEQUENCE (empty when there are none).
-        pub extensions: &'a [u8],
-    }
-
-    /// Splits a DER certificate into the parts above.
-    pub(super) fn parse_certificate(der: &[u8]) -> Option<CertParts<'_>> {
-        let cert = expect(der, SEQUENCE)?;
-        if !cert.rest.is_empty() {
-            return None;
-        }
-        let tbs = expect(cert.content, SEQUENCE)?;
-        let mut r = tbs.content;
-        let first = read_tlv(r)?;
-        if first.tag == VERSION {
-            r = first.rest;
-        }
-        let serial = expect(r, INTEGER)?;
-        let sig_alg = expect(serial.rest, SEQUENCE)?;
-        let issuer = expect(sig_alg.rest, SEQUENCE)?;
-        let validity = expect(issuer.rest, SEQUENCE)?;
-        let subject = expect(validity.rest, SEQUENCE)?;
-        let spki = expect(subject.rest, SEQUENCE)?;
-        let mut extensions: &[u8] = &[];
-        let mut r = spki.rest;
-        while !r.is_empty() {
-            let field = read_tlv(r)?;
-            r = field.rest;
-            // [1] issuerUniqueID, [2] subjectUniqueID, [3] extensions
-            if field.tag == 0xa3 {
-                extensions = expect(field.content, SEQUENCE)?.content;
-            }
-        }
-        Some(CertParts {
-            issuer: issuer.whole,
-            subject: subject.whole,
-            subject_content: subject.content,
-            spki: spki.whole,
-            extensions,
-        })
-    }
-
-    /// The rfc822Name tag of a GeneralName.
-    pub(super) const SAN_EMAIL: u8 = 0x81;
-    /// The uniformResourceIdentifier tag of a GeneralName.
-    pub(super) const SAN_URI: u8 = 0x86;
-    const SAN_OID: &[u8] = &[0x55, 0x1d, 0x11];
-
-    /// The GeneralNames of the subjectAltName extension, as (tag, contents); empty when
-    /// there is none, `None` when the extensions are malformed.
-    pub(super) fn subject_alt_names(extensions: &[u8]) -> Option<Vec<(u8, &[u8])>> {
-        let mut out = Vec::new();
-        let mut exts = extensions;
-        while !exts.is_empty() {
-            let ext = expect(exts, SEQUENCE)?;
-            exts = ext.rest;
-            let oid = expect(ext.content, OID)?;
-            if oid.content != SAN_OID {
-                continue;
-            }
-            let mut next = read_tlv(oid.rest)?;
-            if next.tag == 0x01 {
-                next = read_tlv(next.rest)?; // critical BOOLEAN
-            }
-            if next.tag != 0x04 {
-                return None;
-            }
-            let names = expect(next.content, SEQUENCE)?;
-            let mut r = names.content;
-            while !r.is_empty() {
-                let name = read_tlv(r)?;
-                r = name.rest;
-                out.push((name.tag, name.content));
-            }
-        }
-        Some(out)
-    }
-
-    /// A Name's contents as an RFC 4514 string (see `ClientNames::subject`).
-    pub(super) fn name_to_string(name_content: &[u8]) -> Option<String> {
-        let mut rdns_out: Vec<String> = Vec::new();
-        let mut rdns = name_content;
-        while !rdns.is_empty() {
-            let rdn = expect(rdns, SET)?;
-            rdns = rdn.rest;
-            let mut avas_out: Vec<String> = Vec::new();
-            let mut atvs = rdn.content;
-            while !atvs.is_empty() {
-                let atv = expect(atvs, SEQUENCE)?;
-                atvs = atv.rest;
-                let oid = expect(atv.content, OID)?;
-                let value = read_tlv(oid.rest)?;
-                if !value.rest.is_empty() {
-                    return None;
-                }
-                let name = match oid.content {
-                    [0x55, 0x04, 0x03] => Some("cn"),
-                    [0x55, 0x04, 0x06] => Some("c"),
-                    [0x55, 0x04, 0x07] => Some("l"),
-                    [0x55, 0x04, 0x08] => Some("st"),
-                    [0x55, 0x04, 0x09] => Some("street"),
-                    [0x55, 0x04, 0x0a] => Some("o"),
-                    [0x55, 0x04, 0x0b] => Some("ou"),
-                    [0x09, 0x92, 0x26, 0x89, 0x93, 0xf2, 0x2c, 0x64, 0x01, 0x19] => Some("dc"),
-                    [0x09, 0x92, 0x26, 0x89, 0x93, 0xf2, 0x2c, 0x64, 0x01, 0x01] => Some("uid"),
-                    [0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x09, 0x01] => Some("emailAddress"),
-                    _ => None,
-                };
-                let text = match value.tag {
-                    // UTF8String, PrintableString, IA5String
-                    0x0c | 0x13 | 0x16 => std::str::from_utf8(value.content).ok(),
-                    _ => None,
-                };
-                let mut out = String::new();
-                match (name, text) {
-                    (Some(name), Some(text)) => {
-                        out.push_str(name);
-                        out.push('=');
-                        crate::directory::dn::escape_value(text.as_bytes(), &mut out);
-                    }
-                    _ => {
-                        out.push_str(&dotted(oid.content)?);
-                        out.push_str("=#");
-                        out.push_str(&super::hex(value.whole));
-                    }
-                }
-                avas_out.push(out);
-            }
-            if avas_out.is_empty() {
-                return None;
-            }
-            rdns_out.push(avas_out.join("+"));
-        }
-        rdns_out.reverse();
-        Some(rdns_out.join(","))
-    }
-
-    /// An OID's contents in dotted-decimal form.
-    pub(super) fn dotted(oid: &[u8]) -> Option<String> {
-        let mut arcs: Vec<u64> = Vec::new();
-        let mut acc: u64 = 0;
-        for (i, &b) in oid.iter().enumerate() {
-            if acc > (u64::MAX >> 7) {
-                return None;
-            }
-            acc = (acc << 7) | u64::from(b & 0x7f);
-            if b & 0x80 == 0 {
-                if arcs.is_empty() {
-                    let first = (acc / 40).min(2);
-                    arcs.push(first);
-                    arcs.push(acc - first * 40);
-                } else {
-                    arcs.push(acc);
-                }
-                acc = 0;
-            } else if i + 1 == oid.len() {
-                return None;
-            }
-        }
-        if arcs.is_empty() {
-            return None;
-        }
-        Some(
-            arcs.iter()
-                .map(u64::to_string)
-                .collect::<Vec<_>>()
-                .join("."),
-        )
-    }
-
-    /// The one common name in a Name's contents; `None` if there is none, more than
-    /// one, or it is not a UTF8String, PrintableString or IA5String.
-    pub(super) fn single_common_name(name_content: &[u8]) -> Option<&str> {
-        let mut found: Option<&str> = None;
-        let mut rdns = name_content;
-        while !rdns.is_empty() {
-            let rdn = expect(rdns, SET)?;
-            rdns = rdn.rest;
-            let mut atvs = rdn.content;
-            while !atvs.is_empty() {
-                let atv = expect(atvs, SEQUENCE)?;
-                atvs = atv.rest;
-                let oid = expect(atv.content, OID)?;
-                if oid.content != CN_OID {
-                    continue;
-                }
-                let value = read_tlv(oid.rest)?;
-                if !value.rest.is_empty() || !matches!(value.tag, 0x0c | 0x13 | 0x16) {
-                    return None;
-                }
-                let s = std::str::from_utf8(value.content).ok()?;
-                if found.replace(s).is_some() {
-                    return None;
-                }
-            }
-        }
-        found
-    }
+    let access = if secret {
+        Access::Private
+    } else {
+        Access::Public
+    };
+    Ok(write_atomic(path, contents, access)?)
 }
 
 /// A self-signed server certificate for `hosts` (names or IP addresses), for a
@@ -870,6 +500,7 @@ pub fn self_signed_server(hosts: &[String]) -> Result<NodeCert, PkiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::net::tls::{client_names, percent_decode};
 
     #[test]
     fn ca_and_node_certificates() {

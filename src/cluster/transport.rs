@@ -3,7 +3,7 @@
 //!
 //! - A server ([`serve`]) presents its node certificate plus the cluster CA certificate,
 //!   and asks clients for a certificate from the cluster CA. A client without one is
-//!   served only for [`Service::Join`]; any other service is refused (closed).
+//!   served only for [`Service::JOIN`]; any other service is refused (closed).
 //! - Nodes dial each other with a [`Dialer`] that presents the node's certificate and
 //!   trusts only the cluster CA, always verifying the server name
 //!   [`CLUSTER_SERVER_NAME`] carried by every node certificate.
@@ -58,57 +58,102 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Idle connections kept per (address, service) by a [`Dialer`].
 const MAX_IDLE_PER_KEY: usize = 8;
 
-/// A service on the cluster port, selected by ALPN.
+/// A service on the cluster port, selected by ALPN. The cluster's own services are the
+/// constants below; other layers define theirs (the mail store's LMTP, proxied
+/// sessions) and register them with a handler in [`Services`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Service {
-    /// Raft RPCs (append entries, vote, snapshot chunks).
-    Raft,
-    /// Writes forwarded to the leader.
-    Write,
-    /// Joining the cluster (open to clients without a certificate).
-    Join,
-    /// Node status for `pigeonair status`.
-    Status,
+pub struct Service {
+    name: &'static str,
+    alpn: &'static [u8],
+    anonymous: bool,
 }
 
 impl Service {
-    /// Every service, in the server's ALPN preference order.
-    pub const ALL: [Service; 4] = [
-        Service::Raft,
-        Service::Write,
-        Service::Join,
-        Service::Status,
-    ];
+    /// Raft RPCs (append entries, vote, snapshot chunks).
+    pub const RAFT: Service = Service::new("raft", ALPN_RAFT);
+    /// Writes forwarded to the leader.
+    pub const WRITE: Service = Service::new("write", ALPN_WRITE);
+    /// Joining the cluster (open to clients without a certificate).
+    pub const JOIN: Service = Service {
+        name: "join",
+        alpn: ALPN_JOIN,
+        anonymous: true,
+    };
+    /// Node status and operator requests for `pigeonair status`, tokens, the drill.
+    pub const STATUS: Service = Service::new("status", ALPN_STATUS);
 
-    /// The service's ALPN protocol name.
-    pub fn alpn(self) -> &'static [u8] {
-        match self {
-            Service::Raft => ALPN_RAFT,
-            Service::Write => ALPN_WRITE,
-            Service::Join => ALPN_JOIN,
-            Service::Status => ALPN_STATUS,
+    /// A service for nodes only (clients must present a cluster certificate), named
+    /// `name` in logs and selected by the ALPN protocol name `alpn`.
+    pub const fn new(name: &'static str, alpn: &'static [u8]) -> Service {
+        Service {
+            name,
+            alpn,
+            anonymous: false,
         }
     }
 
-    /// The service with this ALPN protocol name, if any.
-    pub fn from_alpn(alpn: &[u8]) -> Option<Service> {
-        Service::ALL.into_iter().find(|s| s.alpn() == alpn)
+    /// The service's ALPN protocol name.
+    pub fn alpn(self) -> &'static [u8] {
+        self.alpn
     }
 
     /// Whether a client without a cluster certificate may use this service.
     pub fn open_to_anonymous(self) -> bool {
-        matches!(self, Service::Join)
+        self.anonymous
     }
 }
 
 impl std::fmt::Display for Service {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Service::Raft => "raft",
-            Service::Write => "write",
-            Service::Join => "join",
-            Service::Status => "status",
-        })
+        f.write_str(self.name)
+    }
+}
+
+/// The services a cluster port offers, each with the handler that serves its
+/// connections. The server's ALPN list is the registration order.
+#[derive(Clone, Default)]
+pub struct Services {
+    entries: Vec<(Service, Arc<dyn Handler>)>,
+}
+
+impl Services {
+    /// No services.
+    pub fn new() -> Services {
+        Services::default()
+    }
+
+    /// Serve `service` with `handler`. A second registration of the same ALPN name is
+    /// refused, so two layers cannot take one service by mistake.
+    pub fn register(
+        &mut self,
+        service: Service,
+        handler: Arc<dyn Handler>,
+    ) -> Result<(), TransportError> {
+        if self.entries.iter().any(|(s, _)| s.alpn == service.alpn) {
+            return Err(TransportError::DuplicateService(service.to_string()));
+        }
+        self.entries.push((service, handler));
+        Ok(())
+    }
+
+    /// Every service of `other` added after these (refused as [`Services::register`]).
+    pub fn extend(&mut self, other: Services) -> Result<(), TransportError> {
+        for (service, handler) in other.entries {
+            self.register(service, handler)?;
+        }
+        Ok(())
+    }
+
+    /// The registered services, in order.
+    pub fn services(&self) -> impl Iterator<Item = Service> + '_ {
+        self.entries.iter().map(|(s, _)| *s)
+    }
+
+    fn find(&self, alpn: &[u8]) -> Option<(Service, Arc<dyn Handler>)> {
+        self.entries
+            .iter()
+            .find(|(s, _)| s.alpn == alpn)
+            .map(|(s, h)| (*s, h.clone()))
     }
 }
 
@@ -139,6 +184,9 @@ pub enum TransportError {
     /// The peer refused the connection (a TLS alert, e.g. our certificate was rejected).
     #[error("refused by peer: {0}")]
     Refused(String),
+    /// Two handlers were registered for one service of the cluster port.
+    #[error("the {0} service is registered twice")]
+    DuplicateService(String),
 }
 
 /// Turns an I/O error into a transport error, surfacing TLS errors and alerts.
@@ -327,9 +375,10 @@ impl std::fmt::Debug for TlsIdentity {
     }
 }
 
-/// The cluster port's server configuration: TLS 1.3 only, ALPN for every [`Service`],
+/// The cluster port's server configuration: TLS 1.3 only (its ALPN list is set by
+/// [`serve`] from the registered [`Services`]),
 /// client certificates verified against the cluster CA but optional (anonymous clients
-/// are then limited to [`Service::Join`] by [`serve`]), and the chain
+/// are then limited to [`Service::JOIN`] by [`serve`]), and the chain
 /// `[node certificate, CA certificate]` so that a joiner can pin the CA.
 pub fn server_config(id: &TlsIdentity) -> Result<Arc<ServerConfig>, TransportError> {
     let provider = provider();
@@ -343,13 +392,12 @@ pub fn server_config(id: &TlsIdentity) -> Result<Arc<ServerConfig>, TransportErr
             chain.push(ca);
         }
     }
-    let mut config = ServerConfig::builder_with_provider(provider)
+    let config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| TransportError::Tls(e.to_string()))?
         .with_client_cert_verifier(verifier)
         .with_single_cert(chain, id.key()?)
         .map_err(|e| TransportError::Tls(e.to_string()))?;
-    config.alpn_protocols = Service::ALL.iter().map(|s| s.alpn().to_vec()).collect();
     Ok(Arc::new(config))
 }
 
@@ -476,7 +524,7 @@ pub struct Conn {
     /// The service the client chose (by ALPN).
     pub service: Service,
     /// The client's node id, from its verified cluster certificate; `None` only for an
-    /// anonymous [`Service::Join`] client.
+    /// anonymous [`Service::JOIN`] client.
     pub peer_node: Option<u64>,
     /// The client's address.
     pub peer_addr: SocketAddr,
@@ -525,16 +573,19 @@ where
 /// Accepts connections on the cluster port until `shutdown` becomes `true` (or its
 /// sender is dropped). Each connection gets [`SERVER_HANDSHAKE_TIMEOUT`] to complete
 /// the handshake; then a connection without a known ALPN service is closed, and one
-/// for any service but [`Service::Join`] whose client presented no valid cluster
-/// certificate is refused (closed, with a warning). The rest go to `handler`, each in
-/// its own task; connections already handed over are not interrupted by shutdown.
+/// for any service but [`Service::JOIN`] whose client presented no valid cluster
+/// certificate is refused (closed, with a warning). The rest go to their service's
+/// handler, each in its own task; connections already handed over are not interrupted
+/// by shutdown. The server offers exactly the ALPN names of `services`.
 pub async fn serve(
     listener: TcpListener,
     config: Arc<ServerConfig>,
-    handler: Arc<dyn Handler>,
+    services: Arc<Services>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let acceptor = TlsAcceptor::from(config);
+    let mut config = (*config).clone();
+    config.alpn_protocols = services.services().map(|s| s.alpn().to_vec()).collect();
+    let acceptor = TlsAcceptor::from(Arc::new(config));
     loop {
         if *shutdown.borrow_and_update() {
             break;
@@ -551,8 +602,8 @@ pub async fn serve(
         match accepted {
             Ok((tcp, peer_addr)) => {
                 let acceptor = acceptor.clone();
-                let handler = handler.clone();
-                tokio::spawn(accept_one(acceptor, tcp, peer_addr, handler));
+                let services = services.clone();
+                tokio::spawn(accept_one(acceptor, tcp, peer_addr, services));
             }
             Err(e) => {
                 tracing::warn!(error = %e, "cluster port: accept failed");
@@ -571,7 +622,7 @@ async fn accept_one(
     acceptor: TlsAcceptor,
     tcp: TcpStream,
     peer_addr: SocketAddr,
-    handler: Arc<dyn Handler>,
+    services: Arc<Services>,
 ) {
     let _ = tcp.set_nodelay(true);
     let mut stream = match tokio::time::timeout(SERVER_HANDSHAKE_TIMEOUT, acceptor.accept(tcp))
@@ -596,12 +647,12 @@ async fn accept_one(
         }
     };
     let (_, session) = stream.get_ref();
-    let service = session.alpn_protocol().and_then(Service::from_alpn);
+    let found = session.alpn_protocol().and_then(|alpn| services.find(alpn));
     let peer_node = session
         .peer_certificates()
         .and_then(|certs| certs.first())
         .and_then(|cert| node_id_of_peer(cert));
-    let Some(service) = service else {
+    let Some((service, handler)) = found else {
         tracing::debug!(%peer_addr, "cluster port: no known ALPN service; closing");
         close_quietly(&mut stream).await;
         return;
@@ -793,7 +844,8 @@ pub async fn connect_pinned(
 /// Dials other nodes with this node's certificate, and pools idle connections per
 /// (address, service).
 pub struct Dialer {
-    configs: HashMap<Service, Arc<ClientConfig>>,
+    base: Arc<ClientConfig>,
+    configs: Mutex<HashMap<Service, Arc<ClientConfig>>>,
     timeout: Duration,
     idle: Mutex<HashMap<(String, Service), Vec<ClientConn>>>,
 }
@@ -810,17 +862,9 @@ impl Dialer {
     /// A dialer presenting `id`'s node certificate and trusting only its cluster CA,
     /// with the [`DEFAULT_CONNECT_TIMEOUT`].
     pub fn new(id: &TlsIdentity) -> Result<Dialer, TransportError> {
-        let base = client_config(id)?;
-        let configs = Service::ALL
-            .into_iter()
-            .map(|s| {
-                let mut c = (*base).clone();
-                c.alpn_protocols = vec![s.alpn().to_vec()];
-                (s, Arc::new(c))
-            })
-            .collect();
         Ok(Dialer {
-            configs,
+            base: client_config(id)?,
+            configs: Mutex::new(HashMap::new()),
             timeout: DEFAULT_CONNECT_TIMEOUT,
             idle: Mutex::new(HashMap::new()),
         })
@@ -843,11 +887,17 @@ impl Dialer {
         addr: &str,
         service: Service,
     ) -> Result<ClientConn, TransportError> {
-        let config = self
-            .configs
-            .get(&service)
-            .cloned()
-            .ok_or_else(|| TransportError::Tls(format!("no configuration for {service}")))?;
+        let config = {
+            let mut configs = self.configs.lock().unwrap_or_else(|p| p.into_inner());
+            configs
+                .entry(service)
+                .or_insert_with(|| {
+                    let mut c = (*self.base).clone();
+                    c.alpn_protocols = vec![service.alpn().to_vec()];
+                    Arc::new(c)
+                })
+                .clone()
+        };
         connect_prepared(config, addr, service, self.timeout).await
     }
 
@@ -987,7 +1037,18 @@ mod tests {
             }
         };
         let config = server_config(id).unwrap();
-        tokio::spawn(serve(listener, config, Arc::new(handler), stop_rx));
+        let handler: Arc<dyn Handler> = Arc::new(handler);
+        let mut services = Services::new();
+        for service in [
+            Service::RAFT,
+            Service::WRITE,
+            Service::JOIN,
+            Service::STATUS,
+        ] {
+            services.register(service, handler.clone()).unwrap();
+        }
+        assert!(services.register(Service::RAFT, handler).is_err());
+        tokio::spawn(serve(listener, config, Arc::new(services), stop_rx));
         (addr, rx, stop_tx)
     }
 
@@ -1004,7 +1065,7 @@ mod tests {
         let (addr, mut seen, _stop) = start(&c.server_id, false).await;
         let dialer = Dialer::new(&c.client_id).unwrap();
 
-        let mut conn = dialer.connect(&addr, Service::Raft).await.unwrap();
+        let mut conn = dialer.connect(&addr, Service::RAFT).await.unwrap();
         assert_eq!(conn.server_node(), Some(1));
         let reply: Ping = conn.call(&ping(1)).await.unwrap();
         assert_eq!(reply, ping(2));
@@ -1012,13 +1073,13 @@ mod tests {
         assert_eq!(reply, ping(11));
         drop(conn);
         let s = seen.recv().await.unwrap();
-        assert_eq!(s.service, Service::Raft);
+        assert_eq!(s.service, Service::RAFT);
         assert_eq!(s.peer_node, Some(2));
         assert!(s.error.is_none(), "{s:?}");
 
         // Pooled calls reuse one connection.
         for i in 0..5 {
-            let reply: Ping = dialer.call(&addr, Service::Raft, &ping(i)).await.unwrap();
+            let reply: Ping = dialer.call(&addr, Service::RAFT, &ping(i)).await.unwrap();
             assert_eq!(reply.n, i + 1);
         }
         assert!(
@@ -1030,11 +1091,11 @@ mod tests {
         assert_eq!(s.peer_node, Some(2));
 
         // A second connection (possibly a resumed session) still identifies the peer.
-        let reply: Ping = dialer.call(&addr, Service::Write, &ping(5)).await.unwrap();
+        let reply: Ping = dialer.call(&addr, Service::WRITE, &ping(5)).await.unwrap();
         assert_eq!(reply.n, 6);
         dialer.forget(&addr);
         let s = seen.recv().await.unwrap();
-        assert_eq!((s.service, s.peer_node), (Service::Write, Some(2)));
+        assert_eq!((s.service, s.peer_node), (Service::WRITE, Some(2)));
     }
 
     #[tokio::test(flavor = "multi_thread")]
@@ -1043,7 +1104,7 @@ mod tests {
         let (addr, mut seen, _stop) = start(&c.server_id, true).await;
         let dialer = Dialer::new(&c.client_id).unwrap();
         for i in 0..4 {
-            let reply: Ping = dialer.call(&addr, Service::Raft, &ping(i)).await.unwrap();
+            let reply: Ping = dialer.call(&addr, Service::RAFT, &ping(i)).await.unwrap();
             assert_eq!(reply.n, i + 1);
             // The server has closed that connection once it reports it.
             assert!(seen.recv().await.is_some());
@@ -1059,7 +1120,7 @@ mod tests {
         // Trusts the real CA (so it would accept the server) but presents a foreign cert.
         let id = TlsIdentity::new(c.ca.cert_pem.clone(), &intruder);
         let dialer = Dialer::new(&id).unwrap();
-        let result: Result<Ping, _> = dialer.call(&addr, Service::Raft, &ping(1)).await;
+        let result: Result<Ping, _> = dialer.call(&addr, Service::RAFT, &ping(1)).await;
         assert!(result.is_err(), "{result:?}");
         assert!(
             seen.try_recv().is_err(),
@@ -1068,7 +1129,7 @@ mod tests {
 
         // A node of another cluster does not trust this server either.
         let dialer = Dialer::new(&TlsIdentity::new(other.cert_pem.clone(), &intruder)).unwrap();
-        assert!(dialer.connect(&addr, Service::Raft).await.is_err());
+        assert!(dialer.connect(&addr, Service::RAFT).await.is_err());
         assert!(seen.try_recv().is_err());
     }
 
@@ -1078,7 +1139,7 @@ mod tests {
         let (addr, mut seen, _stop) = start(&c.server_id, false).await;
         let fp = c.ca.fingerprint();
 
-        for service in [Service::Raft, Service::Write, Service::Status] {
+        for service in [Service::RAFT, Service::WRITE, Service::STATUS] {
             let mut conn = connect_pinned(&addr, &fp, service).await.unwrap();
             let result: Result<Ping, _> = conn.call(&ping(1)).await;
             assert!(result.is_err(), "{service}: {result:?}");
@@ -1088,7 +1149,7 @@ mod tests {
             "refused before reaching the handler"
         );
 
-        let mut conn = connect_pinned(&addr, &fp.to_uppercase(), Service::Join)
+        let mut conn = connect_pinned(&addr, &fp.to_uppercase(), Service::JOIN)
             .await
             .unwrap();
         assert_eq!(conn.server_node(), Some(1));
@@ -1096,7 +1157,7 @@ mod tests {
         assert_eq!(reply.n, 8);
         drop(conn);
         let s = seen.recv().await.unwrap();
-        assert_eq!((s.service, s.peer_node), (Service::Join, None));
+        assert_eq!((s.service, s.peer_node), (Service::JOIN, None));
     }
 
     #[tokio::test(flavor = "multi_thread")]
@@ -1104,7 +1165,7 @@ mod tests {
         let c = cluster();
         let (addr, _seen, _stop) = start(&c.server_id, false).await;
         let good = c.ca.fingerprint();
-        assert!(connect_pinned(&addr, &good, Service::Join).await.is_ok());
+        assert!(connect_pinned(&addr, &good, Service::JOIN).await.is_ok());
 
         let other = ClusterCa::generate("other").unwrap();
         for wrong in [
@@ -1116,7 +1177,7 @@ mod tests {
                 &CertificateDer::from_pem_slice(c.server_id.cert_pem.as_bytes()).unwrap(),
             ),
         ] {
-            let r = connect_pinned(&addr, &wrong, Service::Join).await;
+            let r = connect_pinned(&addr, &wrong, Service::JOIN).await;
             assert!(matches!(r, Err(TransportError::Tls(_))), "{wrong}: {r:?}");
         }
     }
@@ -1126,7 +1187,7 @@ mod tests {
         let c = cluster();
         let (addr, mut seen, _stop) = start(&c.server_id, false).await;
         let dialer = Dialer::new(&c.client_id).unwrap();
-        let mut conn = dialer.connect(&addr, Service::Raft).await.unwrap();
+        let mut conn = dialer.connect(&addr, Service::RAFT).await.unwrap();
         let stream = conn.stream_mut();
         stream
             .write_all(&((MAX_FRAME as u32) + 1).to_be_bytes())
@@ -1165,11 +1226,14 @@ mod tests {
         let c = cluster();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let (stop_tx, stop_rx) = watch::channel(false);
-        let handler = |_conn: Conn| async {};
+        let mut services = Services::new();
+        services
+            .register(Service::RAFT, Arc::new(|_conn: Conn| async {}))
+            .unwrap();
         let task = tokio::spawn(serve(
             listener,
             server_config(&c.server_id).unwrap(),
-            Arc::new(handler),
+            Arc::new(services),
             stop_rx,
         ));
         stop_tx.send(true).unwrap();

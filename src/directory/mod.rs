@@ -125,6 +125,23 @@ pub enum DirectoryCommand {
     },
 }
 
+/// Why a directory could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// The database file cannot be opened or created.
+    #[error("{0}")]
+    Store(String),
+    /// The configured suffix is not a usable naming context.
+    #[error("suffix: {0}")]
+    Suffix(String),
+    /// The schema lacks what the directory needs (the subschema DN's attributes).
+    #[error("the subschema DN: {0}")]
+    Schema(String),
+    /// The index configuration names unknown attributes or kinds, or a rebuild failed.
+    #[error("indexes: {0}")]
+    Indexes(String),
+}
+
 /// Why a directory operation failed; each variant maps to one LDAP result code.
 /// Serialisable, so the outcome of a replicated apply can travel back to the node that
 /// took the request.
@@ -326,19 +343,21 @@ impl Directory {
         data_dir: &Path,
         schema: Schema,
         settings: &DirectorySettings,
-    ) -> Result<Directory, String> {
-        let store =
-            Store::open(&data_dir.join("directory.redb"), settings.cache_bytes).map_err(|e| e.0)?;
-        let suffix = Dn::parse(&settings.suffix).map_err(|e| format!("suffix: {e}"))?;
+    ) -> Result<Directory, OpenError> {
+        let store = Store::open(&data_dir.join("directory.redb"), settings.cache_bytes)
+            .map_err(|e| OpenError::Store(e.0))?;
+        let suffix_error = |e: &dyn std::fmt::Display| OpenError::Suffix(e.to_string());
+        let suffix = Dn::parse(&settings.suffix).map_err(|e| suffix_error(&e))?;
         if suffix.is_root() {
-            return Err("suffix: the naming context may not be empty".into());
+            return Err(suffix_error(&"the naming context may not be empty"));
         }
-        let suffix_key = schema.dn_key(&suffix).map_err(|e| format!("suffix: {e}"))?;
+        let suffix_key = schema.dn_key(&suffix).map_err(|e| suffix_error(&e))?;
         let subschema_key = Dn::parse(SUBSCHEMA_DN)
             .map_err(|e| e.to_string())
             .and_then(|dn| schema.dn_key(&dn).map_err(|e| e.to_string()))
-            .map_err(|e| format!("the subschema DN: {e}"))?;
-        let indexes = IndexSet::from_config(&schema, &settings.indexes)?;
+            .map_err(OpenError::Schema)?;
+        let indexes =
+            IndexSet::from_config(&schema, &settings.indexes).map_err(OpenError::Indexes)?;
         let dir = Directory {
             schema: Arc::new(schema),
             store,
@@ -347,7 +366,8 @@ impl Directory {
             subschema_key,
             indexes,
         };
-        dir.ensure_indexes().map_err(|e| e.to_string())?;
+        dir.ensure_indexes()
+            .map_err(|e| OpenError::Indexes(e.to_string()))?;
         Ok(dir)
     }
 

@@ -2,10 +2,10 @@
 
 use rasn_ldap::{AddRequest, AddResponse, ProtocolOp, ResultCode};
 
-use super::access::{authorize, Operation};
 use super::error::result_of;
 use super::session::Reply;
 use super::{codec, Identity, LdapContext};
+use crate::auth::access::{authorize, Operation};
 use crate::directory::entry::Attribute;
 use crate::directory::{DirectoryCommand, WriteMeta};
 
@@ -21,7 +21,7 @@ pub async fn handle(ctx: &LdapContext, who: &Identity, reply: &Reply, req: AddRe
         });
     }
     if let Err(e) = authorize(
-        ctx,
+        &ctx.auth,
         who,
         Operation::Add {
             dn: &req.entry.0,

@@ -6,7 +6,6 @@ use rasn_ldap::{AuthenticationChoice, BindRequest, BindResponse, ProtocolOp, Res
 use super::session::{ConnInfo, Reply};
 use super::{Identity, LdapContext};
 use crate::directory::dn::Dn;
-use crate::directory::password;
 
 fn response(code: ResultCode, message: &str) -> ProtocolOp {
     ProtocolOp::BindResponse(BindResponse::new(
@@ -110,23 +109,23 @@ pub async fn handle(
         .ok()
         .and_then(|d| ctx.dir.schema().dn_key(&d).ok())
         .unwrap_or_else(|| name.to_ascii_lowercase());
-    let delay = ctx.throttle.delay(&dn_key, conn.peer.ip());
+    let delay = ctx.auth.throttle.delay(&dn_key, conn.peer.ip());
     if !delay.is_zero() {
         crate::metrics::inc(&crate::metrics::LDAP_BINDS_THROTTLED);
         tokio::time::sleep(delay).await;
     }
-    match verify(ctx, &name, password).await {
+    match ctx.auth.verify(&name, password).await {
         Some(identity) => {
             tracing::info!(dn = %identity.dn, "bind");
             crate::metrics::inc(&crate::metrics::LDAP_BINDS_OK);
-            ctx.throttle.succeeded(&dn_key, conn.peer.ip());
+            ctx.auth.throttle.succeeded(&dn_key, conn.peer.ip());
             reply.send(response(ResultCode::Success, ""), None).await;
             identity
         }
         None => {
             tracing::warn!(dn = %name, peer = %conn.peer, "bind failed: invalid credentials");
             crate::metrics::inc(&crate::metrics::LDAP_BINDS_FAILED);
-            ctx.throttle.failed(&dn_key, conn.peer.ip());
+            ctx.auth.throttle.failed(&dn_key, conn.peer.ip());
             reply
                 .send(
                     response(ResultCode::InvalidCredentials, "invalid credentials"),
@@ -136,39 +135,6 @@ pub async fn handle(
             Identity::default()
         }
     }
-}
-
-/// Check a DN and password; the identity when they match. The same answer (None) for
-/// a missing entry, no password and a wrong password, so nothing leaks.
-pub async fn verify(ctx: &LdapContext, name: &str, password: Vec<u8>) -> Option<Identity> {
-    // The rules must grant `auth` on the entry's password to an anonymous requester;
-    // the cluster administrators may always authenticate, so no rule set can lock them
-    // out.
-    let key = Dn::parse(name)
-        .ok()
-        .and_then(|d| ctx.dir.schema().dn_key(&d).ok())?;
-    let admin = ctx.admin_keys.contains(&key);
-    if !admin {
-        let checker = super::access::Checker::new(ctx, &ctx.dir, &Identity::default()).ok()?;
-        if !checker.may_bind_as(name) {
-            return None;
-        }
-    }
-    let dir = ctx.dir.clone();
-    let name = name.to_string();
-    ctx.hashing
-        .run(move || {
-            let entry = dir.view().ok()?.find(&name).ok()??;
-            let stored = entry.get("userPassword")?;
-            let ok = stored.values.iter().any(|v| password::verify(&password, v));
-            ok.then(|| Identity {
-                dn: entry.dn.clone(),
-                admin,
-                key,
-            })
-        })
-        .await
-        .flatten()
 }
 
 /// SASL EXTERNAL (RFC 4422 appendix A, RFC 4513 section 5.2.3): the identity is the
@@ -211,7 +177,9 @@ async fn external(ctx: &LdapContext, reply: &Reply, authzid: &[u8], conn: &ConnI
         return refuse("the authorization id must be the certificate's own entry").await;
     }
     if !identity.admin {
-        let allowed = super::access::Checker::new(ctx, &ctx.dir, &Identity::default())
+        let allowed = ctx
+            .auth
+            .checker(&Identity::default())
             .is_ok_and(|c| c.may_bind_as(&identity.dn));
         if !allowed {
             return refuse("the access rules do not allow this entry to bind").await;
@@ -228,7 +196,7 @@ async fn external(ctx: &LdapContext, reply: &Reply, authzid: &[u8], conn: &ConnI
 /// entry whose `mail` is an e-mail address of the certificate. It must exist.
 async fn certificate_identity(
     ctx: &LdapContext,
-    names: &crate::cluster::pki::ClientNames,
+    names: &crate::net::tls::ClientNames,
 ) -> Option<Identity> {
     let dir = ctx.dir.clone();
     let names = names.clone();
@@ -253,7 +221,7 @@ async fn certificate_identity(
     .ok()??;
     let (dn, key) = found;
     Some(Identity {
-        admin: ctx.admin_keys.contains(&key),
+        admin: ctx.auth.is_admin(&key),
         dn,
         key,
     })

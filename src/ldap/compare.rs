@@ -4,10 +4,10 @@ use rasn_ldap::{CompareRequest, CompareResponse, ProtocolOp, ResultCode};
 
 use std::sync::Arc;
 
-use super::access::Checker;
 use super::error::result_of;
 use super::session::Reply;
 use super::{codec, Identity, LdapContext};
+use crate::auth::access::Checker;
 use crate::directory::eval::{evaluate, Truth};
 use crate::directory::filter::Filter;
 use crate::directory::DirError;
@@ -33,7 +33,7 @@ pub async fn handle(ctx: &Arc<LdapContext>, who: &Identity, reply: &Reply, req: 
                 "attribute has no equality matching rule",
             );
         }
-        let checker = match Checker::new(&ctx, &dir, &who) {
+        let checker = match Checker::new(&ctx.auth, &who) {
             Ok(c) => c,
             Err(e) => return result_of(&e),
         };

@@ -2,15 +2,15 @@
 
 use rasn_ldap::{DelRequest, DelResponse, ProtocolOp, ResultCode};
 
-use super::access::{authorize, Operation};
 use super::error::result_of;
 use super::session::Reply;
 use super::{codec, Identity, LdapContext};
+use crate::auth::access::{authorize, Operation};
 use crate::directory::{DirectoryCommand, WriteMeta};
 
 /// Handle a delete request.
 pub async fn handle(ctx: &LdapContext, who: &Identity, reply: &Reply, req: DelRequest) {
-    let result = if let Err(e) = authorize(ctx, who, Operation::Delete { dn: &req.0 .0 }) {
+    let result = if let Err(e) = authorize(&ctx.auth, who, Operation::Delete { dn: &req.0 .0 }) {
         result_of(&e)
     } else {
         match ctx

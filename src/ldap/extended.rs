@@ -5,7 +5,7 @@ use rasn::prelude::*;
 use rasn_ldap::{ExtendedRequest, ExtendedResponse, ProtocolOp, ResultCode};
 
 use super::session::Reply;
-use super::{bind, Identity, LdapContext};
+use super::{Identity, LdapContext};
 use crate::directory::dn::Dn;
 use crate::directory::{password, Change, ChangeOp, DirectoryCommand, WriteMeta};
 
@@ -122,10 +122,10 @@ async fn password_modify(
     };
     let _ = target_key;
     // The same rule as a modify of the target's userPassword.
-    if let Err(e) = super::access::authorize(
-        ctx,
+    if let Err(e) = crate::auth::access::authorize(
+        &ctx.auth,
         who,
-        super::access::Operation::Modify {
+        crate::auth::access::Operation::Modify {
             dn: &target,
             attrs: vec!["userPassword"],
         },
@@ -134,7 +134,7 @@ async fn password_modify(
         return response(r.result_code, &r.diagnostic_message, None, None);
     }
     if let Some(old) = &req.old_passwd {
-        if bind::verify(ctx, &target, old.to_vec()).await.is_none() {
+        if ctx.auth.verify(&target, old.to_vec()).await.is_none() {
             return response(
                 ResultCode::InvalidCredentials,
                 "the old password is not right",
@@ -150,7 +150,7 @@ async fn password_modify(
             (g.clone().into_bytes(), Some(g))
         }
     };
-    let Some(hashed) = ctx.hashing.run(move || password::hash(&new)).await else {
+    let Some(hashed) = ctx.auth.hashing.run(move || password::hash(&new)).await else {
         return response(ResultCode::Other, "hashing the password failed", None, None);
     };
     let cmd = DirectoryCommand::Modify {

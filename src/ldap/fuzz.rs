@@ -47,9 +47,15 @@ fn fixture() -> &'static Fixture {
             max_pdu_bytes: 64 * 1024,
             ..LdapConfig::default()
         };
-        let ctx = Arc::new(
-            LdapContext::new(directory, writes, ldap, &[config.admin_dn()]).expect("context"),
-        );
+        let auth = crate::auth::Authority::new(
+            directory.clone(),
+            &[config.admin_dn()],
+            &[],
+            crate::directory::acl::AclOptions::default(),
+            std::time::Duration::from_millis(ldap.bind_delay_max_ms),
+        )
+        .expect("the fuzz identities are valid");
+        let ctx = Arc::new(LdapContext::new(directory, writes, ldap, Arc::new(auth)));
         Fixture { rt, ctx, _dir: dir }
     })
 }

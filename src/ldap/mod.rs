@@ -9,7 +9,6 @@
 //! - `controls` decodes and encodes request and response controls;
 //! - `error` maps directory errors to LDAP result codes, in one place.
 
-pub mod access;
 pub mod add;
 pub mod bind;
 pub mod codec;
@@ -19,8 +18,8 @@ pub mod delete;
 pub mod error;
 pub mod extended;
 pub mod filter_wire;
+#[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzz;
-pub mod limits;
 pub mod modify;
 pub mod modify_dn;
 pub mod rootdse;
@@ -30,30 +29,17 @@ pub mod session;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use tokio::net::TcpListener;
-use tokio::sync::{watch, Semaphore};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
 use tracing::Instrument;
 
+use crate::auth::{Authority, Identity};
 use crate::config::LdapConfig;
 use crate::directory::{DirError, Directory, DirectoryCommand, WritePath};
-
-/// Who a connection is bound as.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Identity {
-    /// The bound DN as stored in the directory (empty: anonymous).
-    pub dn: String,
-    /// Its normalised key (empty: anonymous).
-    pub key: String,
-    /// An administrator: may read and write everything.
-    pub admin: bool,
-}
-
-impl Identity {
-    /// True when not bound.
-    pub fn is_anonymous(&self) -> bool {
-        self.dn.is_empty()
-    }
-}
+use crate::net::limits::AddressSlots;
+use crate::net::listener::{self, BoxFuture, Protocol, Refusal};
+use crate::net::tls::{client_cert, ListenerTls};
+use crate::settings::LdapSettings;
 
 /// What every connection of one LDAP server shares.
 pub struct LdapContext {
@@ -61,64 +47,33 @@ pub struct LdapContext {
     pub dir: Arc<Directory>,
     /// Settings.
     pub config: LdapConfig,
-    /// Normalised keys of the administrator DNs.
-    pub admin_keys: Vec<String>,
+    /// Identities, passwords and access rules.
+    pub auth: Arc<Authority>,
     /// Where writes go.
     pub writes: Arc<dyn WritePath>,
-    /// Failed-bind delays.
-    pub throttle: limits::BindThrottle,
-    /// Connections per client address.
-    pub address_slots: Arc<limits::AddressSlots>,
-    /// Where password hashing and verification run.
-    pub hashing: limits::HashSlots,
+    /// Connections per client address, over all LDAP listeners.
+    pub address_slots: Arc<AddressSlots>,
     /// Settings that cluster-wide settings may change while the node runs.
     live: std::sync::RwLock<Arc<Live>>,
-    /// Normalised keys of the read-only service identities (Dovecot, Postfix).
-    pub service_keys: Vec<String>,
 }
 
 impl LdapContext {
-    /// A context for a directory; `admin_dns` are the DNs with full rights.
+    /// A context for a directory whose logins and access rules `auth` decides.
     pub fn new(
         dir: Arc<Directory>,
         writes: Arc<dyn WritePath>,
         config: LdapConfig,
-        admin_dns: &[String],
-    ) -> Result<LdapContext, String> {
-        let mut admin_keys = Vec::new();
-        for dn in admin_dns {
-            let parsed = crate::directory::dn::Dn::parse(dn).map_err(|e| e.to_string())?;
-            admin_keys.push(dir.schema().dn_key(&parsed).map_err(|e| e.to_string())?);
-        }
-        let throttle =
-            limits::BindThrottle::new(std::time::Duration::from_millis(config.bind_delay_max_ms));
-        let mut service_keys = Vec::new();
-        for dn in &config.service_dns {
-            let parsed = crate::directory::dn::Dn::parse(dn)
-                .map_err(|e| format!("ldap.service_dns: {e}"))?;
-            service_keys.push(
-                dir.schema()
-                    .dn_key(&parsed)
-                    .map_err(|e| format!("ldap.service_dns: {e}"))?,
-            );
-        }
-        let options = crate::directory::acl::AclOptions {
-            service_reads_passwords: config.service_reads_passwords,
-        };
-        let suffix = dir.suffix().to_string();
-        let acl = crate::directory::acl::Acl::defaults(dir.schema(), &suffix, &options);
-        let live = std::sync::RwLock::new(Arc::new(Live::from_config(&config, acl)));
-        Ok(LdapContext {
+        auth: Arc<Authority>,
+    ) -> LdapContext {
+        let live = std::sync::RwLock::new(Arc::new(Live::from_config(&config)));
+        LdapContext {
             dir,
             config,
-            admin_keys,
+            auth,
             writes,
-            throttle,
-            address_slots: Arc::new(limits::AddressSlots::default()),
-            hashing: limits::HashSlots::per_cpu(),
+            address_slots: Arc::new(AddressSlots::default()),
             live,
-            service_keys,
-        })
+        }
     }
 
     /// The settings in force now.
@@ -126,43 +81,17 @@ impl LdapContext {
         self.live.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// Apply cluster-wide settings over this node's configuration. Access rules that do
-    /// not parse are logged and the rules in force are kept.
-    pub fn apply_settings(&self, s: &crate::settings::ClusterSettings) {
-        let current = self.live();
-        let acl = match &s.acl {
-            Some(text) => match crate::directory::acl::Acl::parse(self.dir.schema(), text) {
-                Ok(acl) => acl,
-                Err(e) => {
-                    tracing::error!(error = %e, "the cluster's access rules do not parse; keeping the rules in force");
-                    current.acl.clone()
-                }
-            },
-            None => {
-                let options = crate::directory::acl::AclOptions {
-                    service_reads_passwords: self.config.service_reads_passwords,
-                };
-                crate::directory::acl::Acl::defaults(
-                    self.dir.schema(),
-                    &self.dir.suffix().to_string(),
-                    &options,
-                )
-            }
-        };
-        let mut live = Live::from_config(&self.config, acl);
+    /// Apply the cluster-wide LDAP settings over this node's configuration.
+    pub fn apply_settings(&self, s: &LdapSettings) {
+        let mut live = Live::from_config(&self.config);
         live.size_limit = s.size_limit.unwrap_or(live.size_limit);
         live.time_limit_secs = s.time_limit_secs.unwrap_or(live.time_limit_secs);
         live.max_connections_per_address = s
             .max_connections_per_address
             .unwrap_or(live.max_connections_per_address);
         live.idle_timeout_secs = s.idle_timeout_secs.unwrap_or(live.idle_timeout_secs);
-        self.throttle
-            .set_max_delay(std::time::Duration::from_millis(
-                s.bind_delay_max_ms.unwrap_or(self.config.bind_delay_max_ms),
-            ));
         *self.live.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(live);
     }
-
     /// Apply a write through the node's write path: durable when this returns `Ok`.
     pub async fn write(&self, cmd: DirectoryCommand) -> Result<(), DirError> {
         crate::metrics::inc(&crate::metrics::LDAP_WRITES);
@@ -188,7 +117,7 @@ impl LdapContext {
         if !clear {
             return Ok(items);
         }
-        let hashed = self.hashing.run(move || {
+        let hashed = self.auth.hashing.run(move || {
             for i in &mut items {
                 if let Some((attr, values)) = password_values(i) {
                     crate::directory::hash_clear_passwords(attr, values);
@@ -209,20 +138,9 @@ impl LdapContext {
 /// An item's attribute name and the values [`LdapContext::hash_passwords`] may hash.
 pub type PasswordValues<T> = fn(&mut T) -> Option<(&str, &mut Vec<Vec<u8>>)>;
 
-/// How a listener handles TLS.
-#[derive(Clone)]
-pub enum ListenerTls {
-    /// Plain LDAP; StartTLS offered when an acceptor is given.
-    Plain(Option<tokio_rustls::TlsAcceptor>),
-    /// LDAPS: TLS from the first byte.
-    Implicit(tokio_rustls::TlsAcceptor),
-}
-
 /// Settings that may change while the node runs.
 #[derive(Debug, Clone)]
 pub struct Live {
-    /// The access rules.
-    pub acl: crate::directory::acl::Acl,
     /// Search size limit for non-administrators (0: none).
     pub size_limit: usize,
     /// Search time limit in seconds (0: none).
@@ -234,9 +152,8 @@ pub struct Live {
 }
 
 impl Live {
-    fn from_config(c: &LdapConfig, acl: crate::directory::acl::Acl) -> Live {
+    fn from_config(c: &LdapConfig) -> Live {
         Live {
-            acl,
             size_limit: c.size_limit,
             time_limit_secs: c.time_limit_secs,
             max_connections_per_address: c.max_connections_per_address,
@@ -245,67 +162,73 @@ impl Live {
     }
 }
 
+/// One LDAP listener: its TLS and whether it demands TLS before a password bind.
+struct LdapListener {
+    ctx: Arc<LdapContext>,
+    tls: ListenerTls,
+    require_tls_for_bind: bool,
+}
+
+impl Protocol for LdapListener {
+    fn name(&self) -> &'static str {
+        "ldap"
+    }
+
+    fn max_connections_per_address(&self) -> usize {
+        self.ctx.live().max_connections_per_address
+    }
+
+    fn refuse(&self, stream: TcpStream, why: Refusal) -> BoxFuture<'static, ()> {
+        crate::metrics::inc(match why {
+            Refusal::TotalCap => &crate::metrics::LDAP_REFUSED_TOTAL_CAP,
+            Refusal::AddressCap => &crate::metrics::LDAP_REFUSED_ADDRESS_CAP,
+        });
+        Box::pin(session::refuse_busy(stream, why.text()))
+    }
+
+    fn serve(
+        self: Arc<Self>,
+        stream: TcpStream,
+        peer: SocketAddr,
+        session: u64,
+        shutdown: watch::Receiver<bool>,
+    ) -> BoxFuture<'static, ()> {
+        crate::metrics::inc(&crate::metrics::LDAP_CONNECTIONS);
+        let span = tracing::info_span!("ldap", session, %peer);
+        Box::pin(
+            serve_connection(
+                self.ctx.clone(),
+                stream,
+                peer,
+                self.tls.clone(),
+                self.require_tls_for_bind,
+                shutdown,
+            )
+            .instrument(span),
+        )
+    }
+}
+
 /// Serve LDAP on a bound listener until `shutdown` turns true.
 pub async fn serve(
     ctx: Arc<LdapContext>,
     listener: TcpListener,
     tls: ListenerTls,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) {
-    let slots = Arc::new(Semaphore::new(ctx.config.max_connections));
-    let mut next_session = 0u64;
     let loopback = listener
         .local_addr()
         .map(|a| a.ip().is_loopback())
         .unwrap_or(false);
     let require_tls_for_bind = ctx.config.require_tls_for_bind.unwrap_or(!loopback);
-    loop {
-        let accepted = tokio::select! {
-            a = listener.accept() => a,
-            _ = shutdown.changed() => break,
-        };
-        let (stream, peer): (tokio::net::TcpStream, SocketAddr) = match accepted {
-            Ok(x) => x,
-            Err(e) => {
-                tracing::warn!(error = %e, "accept failed");
-                continue;
-            }
-        };
-        next_session += 1;
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
-            tracing::warn!(%peer, "connection refused: the node's connection cap is reached");
-            crate::metrics::inc(&crate::metrics::LDAP_REFUSED_TOTAL_CAP);
-            tokio::spawn(session::refuse_busy(stream, "too many connections"));
-            continue;
-        };
-        let Some(address_slot) = ctx
-            .address_slots
-            .take(peer.ip(), ctx.live().max_connections_per_address)
-        else {
-            tracing::warn!(%peer, "connection refused: too many connections from this address");
-            crate::metrics::inc(&crate::metrics::LDAP_REFUSED_ADDRESS_CAP);
-            tokio::spawn(session::refuse_busy(
-                stream,
-                "too many connections from your address",
-            ));
-            continue;
-        };
-        crate::metrics::inc(&crate::metrics::LDAP_CONNECTIONS);
-        let _ = stream.set_nodelay(true);
-        let ctx = ctx.clone();
-        let shutdown = shutdown.clone();
-        let id = next_session;
-        let span = tracing::info_span!("ldap", session = id, %peer);
-        let tls = tls.clone();
-        tokio::spawn(
-            async move {
-                serve_connection(ctx, stream, peer, tls, require_tls_for_bind, shutdown).await;
-                drop(address_slot);
-                drop(permit);
-            }
-            .instrument(span),
-        );
-    }
+    let max_connections = ctx.config.max_connections;
+    let address_slots = ctx.address_slots.clone();
+    let protocol = Arc::new(LdapListener {
+        ctx,
+        tls,
+        require_tls_for_bind,
+    });
+    listener::serve(protocol, listener, max_connections, address_slots, shutdown).await;
 }
 
 async fn serve_connection(
@@ -361,13 +284,4 @@ async fn serve_connection(
             _ => tracing::info!(%peer, "StartTLS handshake failed"),
         }
     }
-}
-
-/// The names in the client's certificate, when it presented one (rustls has verified it
-/// against the trusted client CAs already).
-fn client_cert<S>(
-    tls: &tokio_rustls::server::TlsStream<S>,
-) -> Option<Arc<crate::cluster::pki::ClientNames>> {
-    let cert = tls.get_ref().1.peer_certificates()?.first()?;
-    crate::cluster::pki::client_names(cert).map(Arc::new)
 }

@@ -2,10 +2,10 @@
 
 use rasn_ldap::{ChangeOperation, ModifyRequest, ModifyResponse, ProtocolOp, ResultCode};
 
-use super::access::{authorize, Operation};
 use super::error::result_of;
 use super::session::Reply;
 use super::{codec, Identity, LdapContext};
+use crate::auth::access::{authorize, Operation};
 use crate::directory::{Change, ChangeOp, DirectoryCommand, WriteMeta};
 
 /// The three operations rasn-ldap names; increment arrives through
@@ -107,7 +107,7 @@ pub async fn handle_changes(
     changes: Vec<Change>,
 ) {
     let attrs: Vec<&str> = changes.iter().map(|c| c.attr.as_str()).collect();
-    let allowed = authorize(ctx, who, Operation::Modify { dn: &dn, attrs });
+    let allowed = authorize(&ctx.auth, who, Operation::Modify { dn: &dn, attrs });
     let changes = match allowed {
         // The clear-text passwords that changes add or put in place.
         Ok(()) => {

@@ -2,10 +2,10 @@
 
 use rasn_ldap::{ModifyDnRequest, ModifyDnResponse, ProtocolOp, ResultCode};
 
-use super::access::{authorize, Operation};
 use super::error::result_of;
 use super::session::Reply;
 use super::{codec, Identity, LdapContext};
+use crate::auth::access::{authorize, Operation};
 use crate::directory::dn::Dn;
 use crate::directory::{DirectoryCommand, WriteMeta};
 
@@ -25,7 +25,7 @@ pub async fn handle(ctx: &LdapContext, who: &Identity, reply: &Reply, req: Modif
         }
     };
     let result = if let Err(e) = authorize(
-        ctx,
+        &ctx.auth,
         who,
         Operation::Rename {
             dn: &req.entry.0,

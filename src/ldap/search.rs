@@ -10,13 +10,13 @@ use rasn_ldap::{
     SearchResultDone, SearchResultEntry,
 };
 
-use super::access::Checker;
 use super::controls;
 use super::error::result_of;
 use super::filter_wire;
 use super::rootdse;
 use super::session::{Reply, SessionState};
 use super::{codec, Identity, LdapContext};
+use crate::auth::access::Checker;
 use crate::directory::acl::{Acl, AclContext, Requester};
 use crate::directory::entry::StoredEntry;
 use crate::directory::filter::Filter;
@@ -218,7 +218,7 @@ pub fn start(
     let deadline = (!time_limit.is_zero()).then(|| Instant::now() + time_limit);
     let subordinates = sel.wants(schema, "hasSubordinates")
         || filter.mentions("hasSubordinates")
-        || (!who.admin && live.acl.filters_mention("hasSubordinates"));
+        || (!who.admin && ctx.auth.rules().filters_mention("hasSubordinates"));
     let job = Job {
         base,
         scope,
@@ -337,7 +337,7 @@ impl Job {
         each: &mut EachEntry<'_>,
     ) -> Option<Result<directory::SearchEnd, DirError>> {
         let dir = &ctx.dir;
-        let checker = match Checker::new(ctx, dir, who) {
+        let checker = match Checker::new(&ctx.auth, who) {
             Ok(c) => c,
             Err(e) => return Some(Err(e)),
         };
@@ -517,7 +517,7 @@ async fn paged(
     let (ctx2, who2, r) = (ctx.clone(), who.clone(), reply.clone());
     let sent = tokio::task::spawn_blocking(move || {
         let dir = &ctx2.dir;
-        let checker = Checker::new(&ctx2, dir, &who2)?;
+        let checker = Checker::new(&ctx2.auth, &who2)?;
         let view = checker.view();
         let schema = dir.schema();
         checker.with(|acl, req_who, actx| {

@@ -92,7 +92,7 @@ pub struct ConnInfo {
     /// Simple binds with a password are refused unless the connection is secure.
     pub require_tls_for_bind: bool,
     /// The names in the verified TLS client certificate, if one was presented.
-    pub client_cert: Option<Arc<crate::cluster::pki::ClientNames>>,
+    pub client_cert: Option<Arc<crate::net::tls::ClientNames>>,
 }
 
 /// How a session ended.

@@ -1,6 +1,7 @@
-//! Abuse limits: failed binds slow down per bound DN and per client address, with a
-//! delay that grows with each failure and resets on success; connections are capped
-//! per client address.
+//! Abuse limits shared by every protocol: failed logins (LDAP binds, SMTP AUTH, IMAP
+//! and POP3 logins) slow down per login and per client address, with a delay that
+//! grows with each failure and resets on success; connections are capped per client
+//! address.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -18,11 +19,12 @@ struct Failures {
     last: Instant,
 }
 
-/// Tracks failed binds.
+/// Tracks failed logins. A login is whatever names the account tried: a normalised
+/// DN for LDAP, an address or user name for the mail protocols.
 #[derive(Debug)]
-pub struct BindThrottle {
+pub struct LoginThrottle {
     max_delay_ms: std::sync::atomic::AtomicU64,
-    by_dn: Mutex<HashMap<String, Failures>>,
+    by_login: Mutex<HashMap<String, Failures>>,
     by_addr: Mutex<HashMap<IpAddr, Failures>>,
 }
 
@@ -34,12 +36,12 @@ fn delay_for(count: u32, max: Duration) -> Duration {
     (FIRST_DELAY * 2u32.pow(exp)).min(max)
 }
 
-impl BindThrottle {
+impl LoginThrottle {
     /// A throttle whose delay never exceeds `max_delay`.
-    pub fn new(max_delay: Duration) -> BindThrottle {
-        BindThrottle {
+    pub fn new(max_delay: Duration) -> LoginThrottle {
+        LoginThrottle {
             max_delay_ms: std::sync::atomic::AtomicU64::new(max_delay.as_millis() as u64),
-            by_dn: Mutex::new(HashMap::new()),
+            by_login: Mutex::new(HashMap::new()),
             by_addr: Mutex::new(HashMap::new()),
         }
     }
@@ -60,10 +62,10 @@ impl BindThrottle {
             .unwrap_or(0)
     }
 
-    /// How long to wait before checking a bind for this DN key from this address.
-    pub fn delay(&self, dn_key: &str, addr: IpAddr) -> Duration {
+    /// How long to wait before checking a password for this login from this address.
+    pub fn delay(&self, login: &str, addr: IpAddr) -> Duration {
         let n =
-            Self::count(&self.by_dn, &dn_key.to_string()).max(Self::count(&self.by_addr, &addr));
+            Self::count(&self.by_login, &login.to_string()).max(Self::count(&self.by_addr, &addr));
         delay_for(
             n,
             Duration::from_millis(self.max_delay_ms.load(std::sync::atomic::Ordering::Relaxed)),
@@ -86,18 +88,18 @@ impl BindThrottle {
         e.last = Instant::now();
     }
 
-    /// Record a failed bind.
-    pub fn failed(&self, dn_key: &str, addr: IpAddr) {
-        Self::bump(&self.by_dn, dn_key.to_string());
+    /// Record a failed login.
+    pub fn failed(&self, login: &str, addr: IpAddr) {
+        Self::bump(&self.by_login, login.to_string());
         Self::bump(&self.by_addr, addr);
     }
 
-    /// Record a successful bind: both counters start over.
-    pub fn succeeded(&self, dn_key: &str, addr: IpAddr) {
-        self.by_dn
+    /// Record a successful login: both counters start over.
+    pub fn succeeded(&self, login: &str, addr: IpAddr) {
+        self.by_login
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .remove(dn_key);
+            .remove(login);
         self.by_addr
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -145,46 +147,13 @@ impl Drop for AddressSlot {
     }
 }
 
-/// Password hashing and verification (argon2id: tens of milliseconds of CPU each) run
-/// on the blocking pool, at most one per CPU at a time. A storm of binds then waits its
-/// turn here instead of crowding out the node's other threads, its Raft heartbeats
-/// among them.
-pub struct HashSlots(Arc<tokio::sync::Semaphore>);
-
-impl HashSlots {
-    /// At most `n` (at least one) at a time.
-    pub fn new(n: usize) -> HashSlots {
-        HashSlots(Arc::new(tokio::sync::Semaphore::new(n.max(1))))
-    }
-
-    /// One per CPU.
-    pub fn per_cpu() -> HashSlots {
-        HashSlots::new(std::thread::available_parallelism().map_or(1, |n| n.get()))
-    }
-
-    /// Run `f` on the blocking pool once a slot is free; the slot is held until `f`
-    /// returns, even if the caller stops waiting. `None` if `f` panicked.
-    pub async fn run<T: Send + 'static>(
-        &self,
-        f: impl FnOnce() -> T + Send + 'static,
-    ) -> Option<T> {
-        let slot = self.0.clone().acquire_owned().await.ok()?;
-        tokio::task::spawn_blocking(move || {
-            let _slot = slot;
-            f()
-        })
-        .await
-        .ok()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn delays_grow_and_reset() {
-        let t = BindThrottle::new(Duration::from_secs(2));
+        let t = LoginThrottle::new(Duration::from_secs(2));
         let ip: IpAddr = "192.0.2.1".parse().unwrap();
         assert_eq!(t.delay("k", ip), Duration::ZERO);
         t.failed("k", ip);
@@ -194,7 +163,7 @@ mod tests {
         }
         assert!(t.delay("k", ip) > first);
         assert!(t.delay("k", ip) <= Duration::from_secs(2));
-        // Another DN from the same address is slowed too; another address for this DN too.
+        // Another login from the same address is slowed too; another address for this login too.
         assert!(t.delay("other", ip) > Duration::ZERO);
         assert!(t.delay("k", "192.0.2.2".parse().unwrap()) > Duration::ZERO);
         t.succeeded("k", ip);
@@ -210,38 +179,5 @@ mod tests {
         assert!(s.take(ip, 2).is_none());
         drop(a);
         assert!(s.take(ip, 2).is_some());
-    }
-
-    /// However many ask at once, at most the slots' number of hashes run together, and
-    /// every one of them runs.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn hashing_runs_at_most_its_slots_at_once() {
-        use std::sync::atomic::{AtomicUsize, Ordering};
-        let slots = Arc::new(HashSlots::new(2));
-        let running = Arc::new(AtomicUsize::new(0));
-        let most = Arc::new(AtomicUsize::new(0));
-        let tasks: Vec<_> = (0..8)
-            .map(|i| {
-                let (slots, running, most) = (slots.clone(), running.clone(), most.clone());
-                tokio::spawn(async move {
-                    slots
-                        .run(move || {
-                            let now = running.fetch_add(1, Ordering::SeqCst) + 1;
-                            most.fetch_max(now, Ordering::SeqCst);
-                            let hash =
-                                crate::directory::password::hash(format!("pw{i}").as_bytes());
-                            running.fetch_sub(1, Ordering::SeqCst);
-                            hash
-                        })
-                        .await
-                })
-            })
-            .collect();
-        for t in tasks {
-            let hash = t.await.unwrap().expect("the hash ran");
-            assert!(crate::directory::password::is_hashed(&hash));
-        }
-        let most = most.load(Ordering::SeqCst);
-        assert!((1..=2).contains(&most), "{most} hashes ran at once");
     }
 }

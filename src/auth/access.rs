@@ -1,4 +1,4 @@
-//! Access control in the LDAP front end: the glue between a connection's identity, the
+//! Access control for every front end: the glue between a connection's identity, the
 //! directory's rules (`directory::acl`) and the node's replica. Checks run on the node
 //! that takes the request, against its own replica, before a write becomes a command.
 //! An entry the requester may not see is answered exactly like a missing one.
@@ -8,23 +8,13 @@ use crate::directory::dn::Dn;
 use crate::directory::entry::StoredEntry;
 use crate::directory::{DirError, DirView, Directory};
 
-use super::{Identity, LdapContext};
-
-/// The requester for an identity on this server.
-pub fn requester(ctx: &LdapContext, who: &Identity) -> Requester {
-    Requester {
-        dn: who.dn.clone(),
-        key: who.key.clone(),
-        admin: who.admin,
-        service: !who.key.is_empty() && ctx.service_keys.contains(&who.key),
-    }
-}
+use super::{Authority, Identity};
 
 /// What one request needs to ask access questions: the rules, the requester, and
 /// group/domain lookups in a snapshot of the replica.
 pub struct Checker<'d> {
-    /// The settings in force (the rules among them).
-    live: std::sync::Arc<super::Live>,
+    /// The rules in force when the request started.
+    rules: std::sync::Arc<Acl>,
     /// Who asks.
     pub who: Requester,
     dir: &'d Directory,
@@ -33,14 +23,11 @@ pub struct Checker<'d> {
 
 impl<'d> Checker<'d> {
     /// A checker for one request.
-    pub fn new(
-        ctx: &'d LdapContext,
-        dir: &'d Directory,
-        who: &Identity,
-    ) -> Result<Checker<'d>, DirError> {
+    pub fn new(auth: &'d Authority, who: &Identity) -> Result<Checker<'d>, DirError> {
+        let dir: &'d Directory = auth.directory();
         Ok(Checker {
-            live: ctx.live(),
-            who: requester(ctx, who),
+            rules: auth.rules(),
+            who: auth.requester(who),
             dir,
             lookups: dir.view()?,
         })
@@ -56,7 +43,7 @@ impl<'d> Checker<'d> {
     pub fn with<R>(&self, f: impl FnOnce(&Acl, &Requester, &dyn AclContext) -> R) -> R {
         let lookup = |dn: &str| self.lookups.find(dn).ok().flatten();
         let actx = LookupContext::new(self.dir.schema(), &lookup);
-        f(&self.live.acl, &self.who, &actx)
+        f(&self.rules, &self.who, &actx)
     }
 
     /// The answer for a missing or invisible entry: noSuchObject, matchedDN the nearest
@@ -151,13 +138,12 @@ pub enum Operation<'a> {
 /// Decide whether `who` may do `op`: `Ok`, insufficientAccessRights, or noSuchObject
 /// when the entry (or the new entry's parent) is hidden from the requester. Reads a
 /// snapshot of the replica; cluster administrators pass without a lookup.
-pub fn authorize(ctx: &LdapContext, who: &Identity, op: Operation<'_>) -> Result<(), DirError> {
+pub fn authorize(auth: &Authority, who: &Identity, op: Operation<'_>) -> Result<(), DirError> {
     if who.admin {
         return Ok(());
     }
-    let dir = &*ctx.dir;
-    let schema = dir.schema();
-    let c = Checker::new(ctx, dir, who)?;
+    let schema = auth.directory().schema();
+    let c = Checker::new(auth, who)?;
     match op {
         Operation::Add { dn, attrs } => {
             let parent = Dn::parse(dn)
