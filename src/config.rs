@@ -19,6 +19,101 @@ pub struct Config {
     pub ldap: LdapConfig,
     /// The cluster port and Raft timing.
     pub cluster: ClusterConfig,
+    /// SMTP in, the spool and the mail store.
+    pub mail: MailConfig,
+}
+
+/// Where a node keeps the mailboxes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Storage {
+    /// Each account's Maildir is on its home node (`mailHost`), under
+    /// `<data_dir>/mail`; other nodes hand its mail over with LMTP.
+    #[default]
+    Local,
+    /// Every node stores straight into `shared_root`, a file system all of them mount.
+    Shared,
+}
+
+/// SMTP in, the spool and the mail store (local to the node; the limits are
+/// overridden by the cluster-wide `smtp.*` settings).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MailConfig {
+    /// The name in greetings, `Received:` headers and bounces (default: the node's name).
+    pub hostname: Option<String>,
+    /// MX listeners: mail from other servers to this cluster's addresses (port 25).
+    pub smtp_listen: Vec<SocketAddr>,
+    /// Submission listeners with STARTTLS (port 587): authenticated users.
+    pub submission_listen: Vec<SocketAddr>,
+    /// Submission listeners with implicit TLS (port 465); need `tls_cert`.
+    pub submissions_listen: Vec<SocketAddr>,
+    /// PEM certificate chain for STARTTLS and implicit TLS.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for `tls_cert`.
+    pub tls_key: Option<PathBuf>,
+    /// `local` or `shared`.
+    pub storage: Storage,
+    /// The shared Maildir root (`storage = "shared"`); it must exist.
+    pub shared_root: Option<PathBuf>,
+    /// Largest message accepted, in bytes (`smtp.maxMessageBytes`).
+    pub max_message_bytes: usize,
+    /// Most recipients of one message (`smtp.maxRecipients`).
+    pub max_recipients: usize,
+    /// Most SMTP connections at once, over all listeners.
+    pub max_connections: usize,
+    /// Most SMTP connections from one client address (`smtp.maxConnectionsPerAddress`).
+    pub max_connections_per_address: usize,
+    /// How long a client may take to send a command (`smtp.commandTimeoutSecs`).
+    pub command_timeout_secs: u64,
+    /// How long a client may pause inside DATA or BDAT (`smtp.dataTimeoutSecs`).
+    pub data_timeout_secs: u64,
+    /// Balancers whose connections start with a PROXY protocol v2 header; the client
+    /// address it carries is the one logged, limited and written in `Received:`.
+    pub proxy_protocol_from: Vec<std::net::IpAddr>,
+    /// The wait before the second delivery attempt, in seconds; it doubles each time.
+    pub retry_first_secs: u64,
+    /// The longest wait between delivery attempts, in seconds.
+    pub retry_max_secs: u64,
+    /// How long a message is retried before it is bounced, in seconds (5 days).
+    pub retry_window_secs: u64,
+    /// How long connecting to another node's LMTP service may take, in milliseconds.
+    pub lmtp_connect_timeout_ms: u64,
+}
+
+impl Default for MailConfig {
+    fn default() -> Self {
+        MailConfig {
+            hostname: None,
+            smtp_listen: Vec::new(),
+            submission_listen: Vec::new(),
+            submissions_listen: Vec::new(),
+            tls_cert: None,
+            tls_key: None,
+            storage: Storage::Local,
+            shared_root: None,
+            max_message_bytes: 25 << 20,
+            max_recipients: 1000,
+            max_connections: 2048,
+            max_connections_per_address: 32,
+            command_timeout_secs: 300,
+            data_timeout_secs: 600,
+            proxy_protocol_from: Vec::new(),
+            retry_first_secs: 60,
+            retry_max_secs: 3600,
+            retry_window_secs: 5 * 24 * 3600,
+            lmtp_connect_timeout_ms: 3000,
+        }
+    }
+}
+
+impl MailConfig {
+    /// Whether any SMTP listener is configured.
+    pub fn enabled(&self) -> bool {
+        !(self.smtp_listen.is_empty()
+            && self.submission_listen.is_empty()
+            && self.submissions_listen.is_empty())
+    }
 }
 
 /// The cluster port and Raft timing (local to the node).
@@ -281,6 +376,24 @@ impl Config {
         if !self.ldap.listen_tls.is_empty() && self.ldap.tls_cert.is_none() {
             problems.push("ldap.listen_tls needs ldap.tls_cert and ldap.tls_key".into());
         }
+        let m = &self.mail;
+        if m.tls_cert.is_some() != m.tls_key.is_some() {
+            problems.push("mail.tls_cert and mail.tls_key go together".into());
+        }
+        if !m.submissions_listen.is_empty() && m.tls_cert.is_none() {
+            problems.push("mail.submissions_listen needs mail.tls_cert and mail.tls_key".into());
+        }
+        if m.storage == Storage::Shared && m.shared_root.is_none() {
+            problems.push("mail.storage = \"shared\" needs mail.shared_root".into());
+        }
+        if m.max_message_bytes < 1024 || m.max_recipients == 0 || m.max_connections == 0 {
+            problems.push(
+                "mail: max_message_bytes >= 1024, max_recipients and max_connections >= 1".into(),
+            );
+        }
+        if m.retry_first_secs == 0 || m.retry_max_secs < m.retry_first_secs {
+            problems.push("mail: need 0 < retry_first_secs <= retry_max_secs".into());
+        }
         let c = &self.cluster;
         if c.heartbeat_ms == 0
             || c.election_timeout_min_ms <= c.heartbeat_ms
@@ -302,6 +415,14 @@ impl Config {
         } else {
             Err(problems)
         }
+    }
+
+    /// The name this node uses in SMTP greetings, `Received:` headers and bounces.
+    pub fn mail_hostname(&self) -> String {
+        self.mail
+            .hostname
+            .clone()
+            .unwrap_or_else(|| self.node.name.clone())
     }
 
     /// The administrator's DN for this configuration's suffix.

@@ -7,6 +7,8 @@
 //! - [`node`]: wires one node: opens the directory, starts the cluster and each
 //!   service, follows the cluster-wide settings, shuts down; [`quickstart`] and
 //!   [`offline`] (LDIF import and export on a stopped node) build on it;
+//! - [`mail`]: SMTP in (MX and submission), the spool and its queue runner, the
+//!   Maildir++ store, LMTP between nodes over the cluster port;
 //! - [`ldap`]: the LDAPv3 front end (sans-IO codec, a session per connection, one file
 //!   per operation);
 //! - [`cluster`]: Raft (openraft) over the directory, the cluster CA, the cluster port
@@ -27,6 +29,7 @@ pub mod directory;
 pub mod durable;
 pub mod ldap;
 pub mod ldif;
+pub mod mail;
 pub mod metrics;
 pub mod net;
 pub mod node;

@@ -49,6 +49,15 @@ enum Command {
         /// The cluster port's address.
         #[arg(long, default_value = "127.0.0.1:7400")]
         cluster_listen: SocketAddr,
+        /// The SMTP (MX) listener address.
+        #[arg(long, default_value = "127.0.0.1:2525")]
+        smtp_listen: SocketAddr,
+        /// The submission (STARTTLS) listener address.
+        #[arg(long, default_value = "127.0.0.1:2587")]
+        submission_listen: SocketAddr,
+        /// The submission (implicit TLS) listener address.
+        #[arg(long, default_value = "127.0.0.1:2465")]
+        submissions_listen: SocketAddr,
     },
     /// Create a node's configuration (if the file is missing) and its directory.
     Init {
@@ -236,12 +245,18 @@ fn real_main() -> Result<()> {
             ldap_listen,
             ldaps_listen,
             cluster_listen,
+            smtp_listen,
+            submission_listen,
+            submissions_listen,
         } => quickstart(Quickstart {
             data_dir,
             admin_password,
             ldap: ldap_listen,
             ldaps: ldaps_listen,
             cluster: cluster_listen,
+            smtp: smtp_listen,
+            submission: submission_listen,
+            submissions: submissions_listen,
         }),
         Command::Init {
             config,
@@ -398,6 +413,16 @@ fn quickstart(q: Quickstart) -> Result<()> {
         for addr in node.addrs("ldaps") {
             writeln!(out, "  ldaps:     ldaps://{addr}")?;
         }
+        for addr in node.addrs("smtp") {
+            writeln!(out, "  smtp:      smtp://{addr}")?;
+        }
+        for addr in node.addrs("submission") {
+            writeln!(out, "  submission: smtp://{addr} (STARTTLS, AUTH)")?;
+        }
+        for addr in node.addrs("submissions") {
+            writeln!(out, "  submissions: smtps://{addr} (implicit TLS, AUTH)")?;
+        }
+        writeln!(out, "  maildirs:  {}", q.data_dir.join("mail").display())?;
         writeln!(
             out,
             "  tls cert:  {} (self-signed; LDAPTLS_CACERT={0})",

@@ -31,6 +31,18 @@ counters! {
     LDAP_WRITES => "ldap_writes": "Write operations (add, modify, delete, rename).",
     LDAP_WRITES_FAILED => "ldap_writes_failed": "Write operations that failed.",
     LDAP_PROTOCOL_ERRORS => "ldap_protocol_errors": "Connections closed for malformed or oversized PDUs.",
+    SMTP_CONNECTIONS => "smtp_connections_total": "SMTP connections accepted (MX and submission).",
+    SMTP_REFUSED => "smtp_connections_refused": "SMTP connections refused by a connection cap.",
+    SMTP_ACCEPTED => "smtp_messages_accepted": "Messages accepted into the spool (250 after DATA or BDAT).",
+    SMTP_REJECTED_RCPT => "smtp_recipients_rejected": "RCPT commands refused (unknown, disabled, relay, quota, limit).",
+    SMTP_AUTH_OK => "smtp_auth_ok": "Successful SMTP AUTH logins.",
+    SMTP_AUTH_FAILED => "smtp_auth_failed": "SMTP AUTH logins refused.",
+    MAIL_DELIVERED => "mail_delivered": "Recipient deliveries that reached their mailbox.",
+    MAIL_DEFERRED => "mail_deferred": "Recipient delivery attempts deferred for a retry.",
+    MAIL_FAILED => "mail_failed": "Recipient deliveries that failed for good (bounced).",
+    MAIL_STORED => "mail_copies_stored": "Copies written into a Maildir on this node.",
+    LMTP_SENT => "lmtp_handovers": "LMTP sessions that handed mail to a home node.",
+    LMTP_RECEIVED => "lmtp_recipients_stored": "Recipients stored from LMTP on the cluster port.",
 }
 
 /// Add one to a counter.

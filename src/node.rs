@@ -8,7 +8,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -17,12 +17,20 @@ use tokio::task::JoinHandle;
 use crate::auth::{AuthError, Authority};
 use crate::cluster::{transport, Cluster, ClusterError};
 use crate::config::Config;
+use crate::config::Storage;
 use crate::directory::acl::AclOptions;
 use crate::directory::dn::Dn;
 use crate::directory::schema::Schema;
 use crate::directory::WritePath;
 use crate::directory::{Directory, DirectorySettings, OpenError};
 use crate::ldap::{self, LdapContext};
+use crate::mail::deliver::Delivery;
+use crate::mail::queue::{self, RetryPolicy};
+use crate::mail::smtp::server::{self, Limits, MailContext, SmtpListener};
+use crate::mail::smtp::session::Mode;
+use crate::mail::spool::Spool;
+use crate::mail::store::MailStore;
+use crate::net::limits::AddressSlots;
 use crate::net::tls::{self, ListenerTls, TlsError};
 use crate::settings::{ClusterSettings, SettingsWatch};
 
@@ -280,6 +288,156 @@ async fn follow_ldap_settings(ctx: Arc<LdapContext>, mut settings: SettingsWatch
     }
 }
 
+/// The cluster port's LMTP handler: other nodes hand over mail for accounts homed
+/// here. Registered before the cluster starts, served once the mail service is up
+/// (until then a connection is closed and the sender retries).
+fn lmtp_handler(slot: Arc<OnceLock<Arc<MailContext>>>) -> Arc<dyn transport::Handler> {
+    Arc::new(move |conn: transport::Conn| {
+        let ctx = slot.get().cloned();
+        async move {
+            match ctx {
+                Some(ctx) => server::serve_lmtp(ctx, conn).await,
+                None => {
+                    tracing::info!(peer = %conn.peer_addr, "LMTP connection before the mail service started; closed")
+                }
+            }
+        }
+    })
+}
+
+/// The mail service: the store, the spool and its queue runner, the LMTP service on
+/// the cluster port, and the SMTP listeners (MX and submission) the configuration
+/// names; limits follow the cluster settings live.
+async fn start_mail(
+    services: &ServiceContext,
+    lmtp: &OnceLock<Arc<MailContext>>,
+) -> Result<Started, NodeError> {
+    let config = &services.config;
+    let mail = &config.mail;
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| NodeError::Io { path, source }
+    };
+    let root = match mail.storage {
+        Storage::Local => {
+            let root = config.node.data_dir.join("mail");
+            std::fs::create_dir_all(&root).map_err(io(&root))?;
+            root
+        }
+        Storage::Shared => mail.shared_root.clone().unwrap_or_default(),
+    };
+    let store = MailStore::open(&root)
+        .map_err(|e| NodeError::Io {
+            path: root.clone(),
+            source: std::io::Error::other(e.to_string()),
+        })?
+        .with_host_name(&config.node.name);
+    let spool_dir = config.node.data_dir.join("spool");
+    let spool = Spool::open(&spool_dir).map_err(|e| NodeError::Io {
+        path: spool_dir.clone(),
+        source: std::io::Error::other(e.to_string()),
+    })?;
+    let hostname = config.mail_hostname();
+    let delivery = Arc::new(Delivery::new(
+        services.directory.clone(),
+        store,
+        mail.storage == Storage::Shared,
+        config.node.name.clone(),
+        hostname.clone(),
+        services.cluster.dialer().clone(),
+        std::time::Duration::from_millis(mail.lmtp_connect_timeout_ms),
+    ));
+    let policy = RetryPolicy {
+        first: std::time::Duration::from_secs(mail.retry_first_secs),
+        max: std::time::Duration::from_secs(mail.retry_max_secs),
+        window: std::time::Duration::from_secs(mail.retry_window_secs),
+    };
+    let mut started = Started::default();
+    let (queue, runner) = queue::start(
+        Arc::new(spool),
+        delivery.clone(),
+        policy,
+        hostname.clone(),
+        services.shutdown.clone(),
+    );
+    started.tasks.push(runner);
+    let limits = Limits::new(mail, &services.settings.borrow().smtp);
+    let ctx = Arc::new(MailContext {
+        config: mail.clone(),
+        hostname,
+        auth: services.auth.clone(),
+        queue,
+        delivery,
+        limits: std::sync::RwLock::new(limits),
+        address_slots: Arc::new(AddressSlots::default()),
+    });
+    let _ = lmtp.set(ctx.clone());
+    started.tasks.push(tokio::spawn(follow_smtp_settings(
+        ctx.clone(),
+        services.settings.clone(),
+    )));
+    let acceptor = services.tls_acceptor(
+        "smtp",
+        (mail.tls_cert.as_deref(), mail.tls_key.as_deref()),
+        &[],
+    )?;
+    let listeners = mail
+        .smtp_listen
+        .iter()
+        .map(|a| (a, "smtp", Mode::Mx, false))
+        .chain(
+            mail.submission_listen
+                .iter()
+                .map(|a| (a, "submission", Mode::Submission, false)),
+        )
+        .chain(
+            mail.submissions_listen
+                .iter()
+                .map(|a| (a, "submissions", Mode::Submission, true)),
+        );
+    for (addr, service, mode, implicit) in listeners {
+        let listener = services.bind(service, *addr).await?;
+        let bound = listener.local_addr().map_err(|source| NodeError::Listen {
+            service,
+            addr: *addr,
+            source,
+        })?;
+        let tls = match (&acceptor, implicit) {
+            (Some(a), true) => ListenerTls::Implicit(a.clone()),
+            (a, _) => ListenerTls::Plain(a.clone()),
+        };
+        started.listening.push(Listening {
+            service,
+            addr: bound,
+        });
+        let protocol = Arc::new(SmtpListener {
+            ctx: ctx.clone(),
+            mode,
+            tls,
+        });
+        started.tasks.push(tokio::spawn(crate::net::listener::serve(
+            protocol,
+            listener,
+            mail.max_connections,
+            ctx.address_slots.clone(),
+            services.shutdown.clone(),
+        )));
+    }
+    Ok(started)
+}
+
+/// Apply the `smtp.*` cluster settings whenever they change.
+async fn follow_smtp_settings(ctx: Arc<MailContext>, mut settings: SettingsWatch) {
+    loop {
+        let now = settings.borrow_and_update().clone();
+        *ctx.limits.write().unwrap_or_else(|p| p.into_inner()) =
+            Limits::new(&ctx.config, &now.smtp);
+        if settings.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
 /// A running node.
 pub struct Node {
     /// The directory replica.
@@ -336,7 +494,10 @@ impl Node {
         }
         let directory = Arc::new(directory);
         // Services other layers serve on the cluster port register here.
-        let port = transport::Services::new();
+        let mut port = transport::Services::new();
+        let lmtp = Arc::new(std::sync::OnceLock::new());
+        port.register(crate::mail::lmtp::SERVICE, lmtp_handler(lmtp.clone()))
+            .map_err(ClusterError::from)?;
         let (cluster, accounts) = match new {
             Some(n) => create_cluster(config, directory.clone(), n, Some(port)).await?,
             None => (
@@ -370,7 +531,10 @@ impl Node {
             shutdown: rx,
         };
         let mut listening = Vec::new();
-        for started in [start_ldap(&services).await?] {
+        for started in [
+            start_ldap(&services).await?,
+            start_mail(&services, &lmtp).await?,
+        ] {
             listening.extend(started.listening);
             tasks.extend(started.tasks);
         }
@@ -470,7 +634,8 @@ async fn add(
 
 /// Create the base of the tree: the suffix, `ou=domains`, `ou=nodes`, `ou=system` with
 /// `ou=tokens`, the cluster settings entry and the administrator; with `demo`, the
-/// domain example.org with alice and bob.
+/// domain example.org with alice and bob, the list `team@` (both) and `postmaster@`
+/// (alice).
 pub async fn bootstrap(
     writes: &dyn WritePath,
     suffix_dn: &Dn,
@@ -630,6 +795,34 @@ pub async fn bootstrap(
         )
         .await?;
         accounts.push(DemoAccount { mail, dn, password });
+    }
+    for (cn, mail, members, description) in [
+        (
+            "team",
+            "team@example.org",
+            &["alice@example.org", "bob@example.org"][..],
+            "Demo list: alice and bob",
+        ),
+        (
+            "postmaster",
+            "postmaster@example.org",
+            &["alice@example.org"][..],
+            "RFC 5321 postmaster",
+        ),
+    ] {
+        add(
+            writes,
+            admin_dn,
+            format!("cn={cn},ou=aliases,{domain}"),
+            &[
+                ("objectClass", &["top", "pigeonairMailAlias"]),
+                ("cn", &[cn]),
+                ("mail", &[mail]),
+                ("mailForwardingAddress", members),
+                ("description", &[description]),
+            ],
+        )
+        .await?;
     }
     Ok(accounts)
 }

@@ -26,6 +26,12 @@ pub struct Quickstart {
     pub ldaps: SocketAddr,
     /// The cluster port.
     pub cluster: SocketAddr,
+    /// SMTP, the MX listener (STARTTLS offered).
+    pub smtp: SocketAddr,
+    /// Submission with STARTTLS.
+    pub submission: SocketAddr,
+    /// Submission with implicit TLS.
+    pub submissions: SocketAddr,
 }
 
 /// What quickstart remembers between starts: the credentials it generated.
@@ -69,7 +75,8 @@ fn file_error(path: &Path, e: impl std::fmt::Display) -> QuickstartError {
 }
 
 impl Quickstart {
-    /// The node's configuration: the listeners above, the certificate under `tls/`.
+    /// The node's configuration: the listeners above, the certificate under `tls/`
+    /// (LDAP and SMTP share it), mail stored under `<data_dir>/mail`.
     pub fn config(&self) -> Config {
         let mut config = Config::default();
         config.node.data_dir = self.data_dir.clone();
@@ -77,8 +84,14 @@ impl Quickstart {
         config.ldap.listen_tls = vec![self.ldaps];
         config.cluster.listen = self.cluster;
         let (cert, key) = self.cert_paths();
-        config.ldap.tls_cert = Some(cert);
-        config.ldap.tls_key = Some(key);
+        config.ldap.tls_cert = Some(cert.clone());
+        config.ldap.tls_key = Some(key.clone());
+        config.mail.smtp_listen = vec![self.smtp];
+        config.mail.submission_listen = vec![self.submission];
+        config.mail.submissions_listen = vec![self.submissions];
+        config.mail.tls_cert = Some(cert);
+        config.mail.tls_key = Some(key);
+        config.mail.hostname = Some("localhost".into());
         config
     }
 
@@ -109,6 +122,7 @@ impl Quickstart {
             "localhost".to_string(),
             self.ldap.ip().to_string(),
             self.ldaps.ip().to_string(),
+            self.smtp.ip().to_string(),
         ];
         let cert = crate::cluster::pki::self_signed_server(&hosts)
             .map_err(|e| file_error(&cert_path, e))?;

@@ -7,7 +7,10 @@
 //! is present they replace the local index list, applied at the node's next start),
 //! `acl` (the whole access rule text, replacing the defaults), and the LDAP limits
 //! `ldap.sizeLimit`, `ldap.timeLimitSecs`, `ldap.maxConnectionsPerAddress`,
-//! `ldap.idleTimeoutSecs`, `ldap.bindDelayMaxMs` (applied live). Each service's keys
+//! `ldap.idleTimeoutSecs`, `ldap.bindDelayMaxMs`, and the SMTP limits
+//! `smtp.maxMessageBytes`, `smtp.maxRecipients`, `smtp.maxConnectionsPerAddress`,
+//! `smtp.commandTimeoutSecs`, `smtp.dataTimeoutSecs` (applied live). One login
+//! throttle, `ldap.bindDelayMaxMs`, slows failed logins of every protocol. Each service's keys
 //! share a prefix and are parsed into that service's part of [`ClusterSettings`].
 //!
 //! A node reads the settings at start and publishes every change on a
@@ -43,6 +46,42 @@ pub struct ClusterSettings {
     pub acl: Option<String>,
     /// The LDAP front end's keys (`ldap.*`).
     pub ldap: LdapSettings,
+    /// The SMTP service's keys (`smtp.*`).
+    pub smtp: SmtpSettings,
+}
+
+/// The SMTP service's cluster-wide keys (absent: the node's `[mail]` values).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SmtpSettings {
+    /// Largest message in bytes (`smtp.maxMessageBytes`).
+    pub max_message_bytes: Option<usize>,
+    /// Most recipients per message (`smtp.maxRecipients`).
+    pub max_recipients: Option<usize>,
+    /// Connections per client address (`smtp.maxConnectionsPerAddress`).
+    pub max_connections_per_address: Option<usize>,
+    /// Command timeout in seconds (`smtp.commandTimeoutSecs`).
+    pub command_timeout_secs: Option<u64>,
+    /// Timeout inside DATA/BDAT in seconds (`smtp.dataTimeoutSecs`).
+    pub data_timeout_secs: Option<u64>,
+}
+
+impl SmtpSettings {
+    /// Take one key (without its `smtp.` prefix); false when it is not an SMTP key.
+    fn set(&mut self, key: &str, value: &str) -> bool {
+        let full = format!("smtp.{key}");
+        let n = || number(&full, value);
+        match key {
+            "maxMessageBytes" => self.max_message_bytes = n().map(|n| n as usize),
+            "maxRecipients" => self.max_recipients = n().map(|n| n as usize),
+            "maxConnectionsPerAddress" => {
+                self.max_connections_per_address = n().map(|n| n as usize)
+            }
+            "commandTimeoutSecs" => self.command_timeout_secs = n(),
+            "dataTimeoutSecs" => self.data_timeout_secs = n(),
+            _ => return false,
+        }
+        true
+    }
 }
 
 /// The LDAP front end's cluster-wide keys.
@@ -103,6 +142,7 @@ impl ClusterSettings {
             let key = key.trim();
             let known = match key.split_once('.') {
                 Some(("ldap", rest)) => s.ldap.set(rest, value),
+                Some(("smtp", rest)) => s.smtp.set(rest, value),
                 Some(_) => false,
                 None => match key {
                     "voterTarget" => {
@@ -163,6 +203,7 @@ mod tests {
             "acl=to * by * read",
             "bogus=1",
             "ldap.timeLimitSecs=x",
+            "smtp.maxRecipients=3",
             "noequals",
         ]);
         assert_eq!(s.voter_target, Some(5));
@@ -171,5 +212,6 @@ mod tests {
         assert_eq!(s.ldap.size_limit, Some(10));
         assert_eq!(s.acl.as_deref(), Some("to * by * read"));
         assert_eq!(s.ldap.time_limit_secs, None);
+        assert_eq!(s.smtp.max_recipients, Some(3));
     }
 }

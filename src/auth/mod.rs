@@ -8,10 +8,12 @@
 //!   (changed live by cluster settings), password verification, the login throttle;
 //! - [`access`]: the access questions of one request ([`access::Checker`]) and the
 //!   authorisation of writes ([`access::authorize`]);
-//! - [`hashing`]: where argon2 runs ([`hashing::HashSlots`]).
+//! - [`hashing`]: where argon2 runs ([`hashing::HashSlots`]);
+//! - [`login`]: mail logins by address or uid, with a cache of verified pairs.
 
 pub mod access;
 pub mod hashing;
+pub mod login;
 
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -67,6 +69,8 @@ pub struct Authority {
     pub hashing: HashSlots,
     /// Failed-login delays, per login and per client address.
     pub throttle: LoginThrottle,
+    /// Mail logins verified recently (see [`login`]).
+    pub login_cache: login::LoginCache,
 }
 
 impl Authority {
@@ -105,6 +109,7 @@ impl Authority {
             dir,
             hashing: HashSlots::per_cpu(),
             throttle: LoginThrottle::new(login_delay_max),
+            login_cache: login::LoginCache::default(),
         })
     }
 

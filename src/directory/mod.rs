@@ -15,6 +15,7 @@ pub mod eval;
 pub mod filter;
 pub mod index;
 pub mod password;
+pub mod routing;
 pub mod schema;
 pub mod store;
 
