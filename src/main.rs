@@ -105,6 +105,11 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// This node's mail queue: messages waiting for delivery.
+    Queue {
+        #[command(subcommand)]
+        command: QueueCommand,
+    },
     /// Run a measured failover drill on the live cluster.
     Drill {
         /// The configuration file of a local node.
@@ -187,6 +192,35 @@ enum NodeCommand {
     Remove {
         /// The node id.
         id: u64,
+        /// The configuration file of a local node.
+        #[arg(long, default_value = "pigeonair.toml")]
+        config: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum QueueCommand {
+    /// Every queued message with its pending recipients and their last error.
+    List {
+        /// The configuration file of a local node.
+        #[arg(long, default_value = "pigeonair.toml")]
+        config: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Try a message (or every message) again now.
+    Retry {
+        /// The queue id; every message when absent.
+        id: Option<String>,
+        /// The configuration file of a local node.
+        #[arg(long, default_value = "pigeonair.toml")]
+        config: PathBuf,
+    },
+    /// Drop a message from the queue, without delivering or bouncing it.
+    Delete {
+        /// The queue id.
+        id: String,
         /// The configuration file of a local node.
         #[arg(long, default_value = "pigeonair.toml")]
         config: PathBuf,
@@ -308,6 +342,7 @@ fn real_main() -> Result<()> {
             other => bail!("{}", reply_error(other)),
         },
         Command::Status { config, json } => status(&config, json),
+        Command::Queue { command } => queue(command),
         Command::Drill {
             config,
             json,
@@ -566,8 +601,55 @@ fn reply_error(reply: AdminReply) -> String {
     }
 }
 
-/// Send one request to the local node's cluster port with the node's own certificate.
-fn admin_call(config_path: &Path, req: AdminRequest) -> Result<AdminReply> {
+fn queue(command: QueueCommand) -> Result<()> {
+    use pigeonair::mail::admin::{QueueReply, QueueRequest};
+    let (config, request, json) = match command {
+        QueueCommand::List { config, json } => (config, QueueRequest::List, json),
+        QueueCommand::Retry { id, config } => (config, QueueRequest::Retry(id), false),
+        QueueCommand::Delete { id, config } => (config, QueueRequest::Delete(id), false),
+    };
+    let reply: QueueReply = node_call(&config, pigeonair::mail::admin::SERVICE, &request)?;
+    match reply {
+        QueueReply::List(list) if json => println!("{}", serde_json::to_string_pretty(&list)?),
+        QueueReply::List(list) => {
+            if list.is_empty() {
+                println!("the queue is empty");
+            }
+            for env in &list {
+                let sender = if env.sender.is_empty() {
+                    "<>"
+                } else {
+                    env.sender.as_str()
+                };
+                println!(
+                    "{}  {} bytes  from {sender}  accepted {}",
+                    env.id, env.size, env.received_at
+                );
+                for r in env.recipients.iter().filter(|r| !r.done) {
+                    println!(
+                        "    {}  attempts {}  next {}  {}",
+                        r.rcpt,
+                        r.attempts,
+                        r.next_attempt,
+                        r.last_error.as_deref().unwrap_or("not tried yet")
+                    );
+                }
+            }
+        }
+        QueueReply::Retried(n) => println!("{n} recipients due now"),
+        QueueReply::Deleted(id) => println!("deleted {id}"),
+        QueueReply::Error(e) => bail!("{e}"),
+    }
+    Ok(())
+}
+
+/// Send one request to one of the local node's cluster-port services with the node's
+/// own certificate.
+fn node_call<Req: serde::Serialize, Resp: serde::de::DeserializeOwned>(
+    config_path: &Path,
+    service: Service,
+    req: &Req,
+) -> Result<Resp> {
     let config = Config::load(config_path).map_err(anyhow::Error::msg)?;
     let identity = PkiFiles::new(&config.node.data_dir)
         .load_identity()
@@ -576,10 +658,15 @@ fn admin_call(config_path: &Path, req: AdminRequest) -> Result<AdminReply> {
         let dialer = Dialer::new(&identity).map_err(|e| anyhow::anyhow!("{e}"))?;
         let addr = config.cluster.advertised();
         dialer
-            .call::<_, AdminReply>(&addr, Service::STATUS, &req)
+            .call::<_, Resp>(&addr, service, req)
             .await
             .map_err(|e| anyhow::anyhow!("cannot reach the node at {addr}: {e}"))
     })
+}
+
+/// Send one request to the local node's cluster port with the node's own certificate.
+fn admin_call(config_path: &Path, req: AdminRequest) -> Result<AdminReply> {
+    node_call(config_path, Service::STATUS, &req)
 }
 
 fn status(config_path: &Path, json: bool) -> Result<()> {

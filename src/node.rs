@@ -288,17 +288,20 @@ async fn follow_ldap_settings(ctx: Arc<LdapContext>, mut settings: SettingsWatch
     }
 }
 
-/// The cluster port's LMTP handler: other nodes hand over mail for accounts homed
-/// here. Registered before the cluster starts, served once the mail service is up
-/// (until then a connection is closed and the sender retries).
-fn lmtp_handler(slot: Arc<OnceLock<Arc<MailContext>>>) -> Arc<dyn transport::Handler> {
+/// A cluster-port handler of the mail service (LMTP from other nodes, the queue's
+/// operator commands). Registered before the cluster starts, served once the mail
+/// service is up (until then a connection is closed; LMTP senders retry).
+fn mail_handler(
+    slot: Arc<OnceLock<Arc<MailContext>>>,
+    serve: fn(Arc<MailContext>, transport::Conn) -> transport::BoxFuture<'static, ()>,
+) -> Arc<dyn transport::Handler> {
     Arc::new(move |conn: transport::Conn| {
         let ctx = slot.get().cloned();
         async move {
             match ctx {
-                Some(ctx) => server::serve_lmtp(ctx, conn).await,
+                Some(ctx) => serve(ctx, conn).await,
                 None => {
-                    tracing::info!(peer = %conn.peer_addr, "LMTP connection before the mail service started; closed")
+                    tracing::info!(peer = %conn.peer_addr, "mail connection before the mail service started; closed")
                 }
             }
         }
@@ -496,8 +499,20 @@ impl Node {
         // Services other layers serve on the cluster port register here.
         let mut port = transport::Services::new();
         let lmtp = Arc::new(std::sync::OnceLock::new());
-        port.register(crate::mail::lmtp::SERVICE, lmtp_handler(lmtp.clone()))
-            .map_err(ClusterError::from)?;
+        port.register(
+            crate::mail::lmtp::SERVICE,
+            mail_handler(lmtp.clone(), |ctx, conn| {
+                Box::pin(server::serve_lmtp(ctx, conn))
+            }),
+        )
+        .map_err(ClusterError::from)?;
+        port.register(
+            crate::mail::admin::SERVICE,
+            mail_handler(lmtp.clone(), |ctx, conn| {
+                Box::pin(crate::mail::admin::serve(ctx.queue.clone(), conn))
+            }),
+        )
+        .map_err(ClusterError::from)?;
         let (cluster, accounts) = match new {
             Some(n) => create_cluster(config, directory.clone(), n, Some(port)).await?,
             None => (

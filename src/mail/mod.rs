@@ -18,6 +18,7 @@
 //! Delivery is idempotent: a copy is named after its queue id, so a recipient
 //! delivered again after a crash is not stored twice.
 
+pub mod admin;
 pub mod bounce;
 pub mod deliver;
 pub mod lmtp;

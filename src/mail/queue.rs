@@ -73,6 +73,19 @@ impl RetryPolicy {
 pub struct Queue {
     spool: Arc<Spool>,
     wake: mpsc::UnboundedSender<Option<String>>,
+    /// Messages an attempt (or a deletion) is working on.
+    busy: Arc<Mutex<HashSet<String>>>,
+}
+
+/// Why an operator's queue command was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    /// The spool failed or has no such message.
+    #[error("{0}")]
+    Spool(#[from] SpoolError),
+    /// A delivery attempt holds the message right now.
+    #[error("message {0} is being delivered right now; try again")]
+    Busy(String),
 }
 
 impl Queue {
@@ -86,18 +99,79 @@ impl Queue {
         let _ = self.wake.send(Some(id.to_string()));
     }
 
-    /// Try every pending recipient now, whatever its backoff says.
-    pub fn retry_all(&self) -> Result<usize, SpoolError> {
+    /// Try every pending recipient of message `id` (of every message when `None`)
+    /// now, whatever its backoff says; returns how many recipients are due now.
+    /// Messages an attempt holds right now are left to it.
+    pub fn retry(&self, id: Option<&str>) -> Result<usize, QueueError> {
+        let envelopes = match id {
+            Some(id) => vec![self.spool.envelope(id)?],
+            None => self.spool.envelopes()?,
+        };
         let mut n = 0;
-        for mut env in self.spool.envelopes()? {
+        let mut woken = Vec::new();
+        for mut env in envelopes {
+            let Some(_claim) = self.claim(&env.id) else {
+                if id.is_some() {
+                    return Err(QueueError::Busy(env.id));
+                }
+                continue;
+            };
+            // Read again under the claim: an attempt may have just finished.
+            env = match self.spool.envelope(&env.id) {
+                Ok(e) => e,
+                Err(SpoolError::NotFound(_)) => continue,
+                Err(e) => return Err(e.into()),
+            };
             for r in env.recipients.iter_mut().filter(|r| !r.done) {
                 r.next_attempt = 0;
                 n += 1;
             }
             self.spool.update(&env)?;
+            woken.push(env.id);
         }
-        let _ = self.wake.send(None);
+        // Woken once the claims are released, so the runner does not find them busy.
+        for id in woken {
+            let _ = self.wake.send(Some(id));
+        }
         Ok(n)
+    }
+
+    /// Remove message `id` from the queue without delivering it further (no bounce).
+    pub fn delete(&self, id: &str) -> Result<(), QueueError> {
+        let Some(_claim) = self.claim(id) else {
+            return Err(QueueError::Busy(id.to_string()));
+        };
+        self.spool.remove(id)?;
+        tracing::warn!(%id, "message deleted from the queue by an operator");
+        Ok(())
+    }
+
+    /// Every queued message.
+    pub fn list(&self) -> Result<Vec<Envelope>, QueueError> {
+        Ok(self.spool.envelopes()?)
+    }
+
+    fn claim(&self, id: &str) -> Option<Claim> {
+        let mut busy = self.busy.lock().unwrap_or_else(|p| p.into_inner());
+        busy.insert(id.to_string()).then(|| Claim {
+            busy: self.busy.clone(),
+            id: id.to_string(),
+        })
+    }
+}
+
+/// Holds a message against the runner while an operator's command changes it.
+struct Claim {
+    busy: Arc<Mutex<HashSet<String>>>,
+    id: String,
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        self.busy
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.id);
     }
 }
 
@@ -107,7 +181,7 @@ struct Runner {
     policy: RetryPolicy,
     /// The node's name for bounces.
     hostname: String,
-    busy: Mutex<HashSet<String>>,
+    busy: Arc<Mutex<HashSet<String>>>,
     /// Messages found in the spool at start: an attempt before the restart may have
     /// stored copies without recording them.
     recovered: Mutex<HashSet<String>>,
@@ -124,18 +198,19 @@ pub fn start(
     shutdown: watch::Receiver<bool>,
 ) -> (Queue, tokio::task::JoinHandle<()>) {
     let (wake, rx) = mpsc::unbounded_channel();
+    let busy = Arc::new(Mutex::new(HashSet::new()));
     let runner = Arc::new(Runner {
         spool: spool.clone(),
         deliver,
         policy,
         hostname,
-        busy: Mutex::new(HashSet::new()),
+        busy: busy.clone(),
         recovered: Mutex::new(HashSet::new()),
         slots: Arc::new(Semaphore::new(PARALLEL)),
         wake: wake.clone(),
     });
     let task = tokio::spawn(runner.run(rx, shutdown));
-    (Queue { spool, wake }, task)
+    (Queue { spool, wake, busy }, task)
 }
 
 impl Runner {
