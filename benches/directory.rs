@@ -1,5 +1,6 @@
 //! Micro benchmarks of the directory: DN normalisation, filter parsing and evaluation,
-//! LDAP PDU encoding/decoding and indexed searches over 100,000 entries.
+//! LDAP PDU encoding/decoding, indexed searches over 100,000 entries, and the mail
+//! routing API (`resolve_recipient`) on the same 100,000 accounts.
 //!
 //! Run with `cargo bench --bench directory` (add `-- --quick` for a fast pass, or a
 //! name filter such as `-- search/` to run one group). See benches/README.md.
@@ -18,6 +19,7 @@ use pigeonair::directory::dn::Dn;
 use pigeonair::directory::entry::{Attribute, StoredEntry};
 use pigeonair::directory::eval;
 use pigeonair::directory::filter::Filter;
+use pigeonair::directory::routing::{self, Resolution};
 use pigeonair::directory::schema::Schema;
 use pigeonair::directory::{
     Directory, DirectoryCommand, DirectorySettings, Scope, SearchRequest, WriteMeta,
@@ -306,6 +308,7 @@ fn search_benches(c: &mut Criterion) {
             ("mail", "eq,sub"),
             ("uid", "eq"),
             ("mailLocalAddress", "eq"),
+            ("mailAlternateAddress", "eq"),
         ]
         .map(|(a, b)| (a.to_string(), b.to_string()))
         .into_iter()
@@ -364,6 +367,61 @@ fn search_benches(c: &mut Criterion) {
         };
         assert_eq!(count(), expect, "{text}");
         g.bench_function(name, |b| b.iter(|| black_box(count())));
+    }
+    g.finish();
+
+    // The typed API the SMTP server checks every RCPT TO with, on the same replica.
+    let aliases = "ou=aliases,dc=example.org,ou=domains,dc=pigeonair";
+    for (n, cmd) in [
+        add(
+            5,
+            aliases.into(),
+            vec![
+                Attribute::new("objectClass", ["top", "organizationalUnit"]),
+                Attribute::new("ou", ["aliases"]),
+            ],
+        ),
+        add(
+            6,
+            format!("cn=team,{aliases}"),
+            vec![
+                Attribute::new("objectClass", ["top", "pigeonairMailAlias"]),
+                Attribute::new("cn", ["team"]),
+                Attribute::new("mail", ["team@example.org"]),
+                Attribute::new(
+                    "mailForwardingAddress",
+                    [
+                        "user1@example.org",
+                        "user2@example.org",
+                        "friend@elsewhere.test",
+                    ],
+                ),
+            ],
+        ),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        dir.apply(&cmd)
+            .unwrap_or_else(|e| panic!("alias entry {n}: {e}"));
+    }
+    let mut g = c.benchmark_group("resolve_recipient");
+    g.sample_size(30).measurement_time(Duration::from_secs(3));
+    let account = format!("user{target}@Example.ORG");
+    let tagged = format!("user{target}+news@example.org");
+    for (name, address, targets) in [
+        ("account", account.as_str(), 1),
+        ("subaddress", tagged.as_str(), 1),
+        ("alias_of_three", "team@example.org", 3),
+        ("unknown", "nobody@example.org", 0),
+    ] {
+        let resolve = || routing::resolve_recipient(&dir, address).unwrap();
+        match resolve() {
+            Resolution::Delivers(t) => assert_eq!(t.len(), targets, "{address}"),
+            Resolution::Unknown => assert_eq!(targets, 0, "{address}"),
+            Resolution::Foreign => panic!("{address} is local"),
+        }
+        g.bench_function(name, |b| b.iter(|| black_box(resolve())));
     }
     g.finish();
     drop(dir);

@@ -238,3 +238,106 @@ impl Authority {
         login_of(self, &entry)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use crate::auth::Authority;
+    use crate::directory::acl::AclOptions;
+    use crate::directory::routing::tests::directory;
+    use crate::directory::{Change, ChangeOp, DirectoryCommand, WriteMeta};
+
+    fn authority(dir: crate::directory::Directory) -> Authority {
+        Authority::new(
+            Arc::new(dir),
+            &["cn=admin,ou=system,dc=pigeonair".to_string()],
+            &[],
+            AclOptions::default(),
+            Duration::from_millis(50),
+        )
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn logins_by_address_or_uid_and_a_cache_that_follows_the_entry() {
+        let (_tmp, dir) = directory();
+        let auth = authority(dir);
+        let peer = "127.0.0.1".parse().unwrap();
+        let login = auth
+            .authenticate("ALICE@example.org", b"secret", peer)
+            .await
+            .unwrap();
+        assert_eq!(login.mailbox.to_text(), "alice@example.org");
+        assert_eq!(login.home.as_deref(), Some("node1"));
+        let addresses: Vec<String> = login.addresses.iter().map(|a| a.to_text()).collect();
+        assert_eq!(
+            addresses,
+            [
+                "alice@example.org",
+                "a.liddell@example.org",
+                "wonder@example.org"
+            ]
+        );
+        assert!(
+            auth.authenticate("alice", b"secret", peer).await.is_some(),
+            "by uid"
+        );
+        assert!(auth
+            .authenticate("wonder@example.org", b"secret", peer)
+            .await
+            .is_some());
+        assert!(auth
+            .authenticate("alice@example.org", b"wrong", peer)
+            .await
+            .is_none());
+        assert!(
+            auth.authenticate("bob@example.org", b"bobpw", peer)
+                .await
+                .is_none(),
+            "disabled"
+        );
+        assert!(auth
+            .authenticate("nobody@example.org", b"x", peer)
+            .await
+            .is_none());
+        assert!(
+            auth.authenticate("carol@example.org", b"", peer)
+                .await
+                .is_none(),
+            "no password"
+        );
+
+        let hits = auth.login_cache.hits();
+        assert!(auth
+            .authenticate("alice@example.org", b"secret", peer)
+            .await
+            .is_some());
+        assert_eq!(
+            auth.login_cache.hits(),
+            hits + 1,
+            "a repeated login is answered from the cache"
+        );
+
+        // A new password takes effect at once: the cached pair no longer matches.
+        let change = DirectoryCommand::Modify {
+            dn: "uid=alice,ou=people,dc=example.org,ou=domains,dc=pigeonair".into(),
+            changes: vec![Change {
+                op: ChangeOp::Replace,
+                attr: "userPassword".into(),
+                values: vec![b"fresh".to_vec()],
+            }],
+            meta: WriteMeta::now("cn=admin,ou=system,dc=pigeonair"),
+        };
+        auth.directory().apply(&change).unwrap();
+        assert!(auth
+            .authenticate("alice@example.org", b"secret", peer)
+            .await
+            .is_none());
+        assert!(auth
+            .authenticate("alice@example.org", b"fresh", peer)
+            .await
+            .is_some());
+    }
+}

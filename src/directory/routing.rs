@@ -425,3 +425,6 @@ fn account_of(e: &StoredEntry) -> Option<Account> {
         status: status_of(e),
     })
 }
+
+#[cfg(test)]
+pub(crate) mod tests;
