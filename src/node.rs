@@ -441,6 +441,82 @@ async fn follow_smtp_settings(ctx: Arc<MailContext>, mut settings: SettingsWatch
     }
 }
 
+/// The `pigeonairService` values of this node's entry in `ou=nodes`: each listener as
+/// `<service>=<host:port>` (an unspecified bind address is given as the cluster
+/// port's host), and `lmtp=` the cluster port that serves LMTP.
+fn service_map_values(cluster: &Cluster, listening: &[Listening]) -> Vec<String> {
+    let cluster_addr = cluster.cluster_addr;
+    let mut values: Vec<String> = listening
+        .iter()
+        .map(|l| {
+            let addr = match cluster_addr {
+                Some(c) if l.addr.ip().is_unspecified() => SocketAddr::new(c.ip(), l.addr.port()),
+                _ => l.addr,
+            };
+            format!("{}={addr}", l.service)
+        })
+        .collect();
+    if let Some(c) = cluster_addr {
+        values.push(format!("lmtp={c}"));
+    }
+    values
+}
+
+/// Publish this node's services in its `ou=nodes` entry (the service map other nodes
+/// and `pigeonair status` read) once the cluster has registered the entry, and
+/// whenever it differs (a restart on other ports).
+async fn advertise_services(
+    cluster: Arc<Cluster>,
+    values: Vec<String>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    use crate::directory::{Change, ChangeOp, DirectoryCommand, WriteMeta};
+    let dn = format!("cn=node-{},ou=nodes,{}", cluster.node_id, cluster.suffix());
+    let mut wanted: Vec<Vec<u8>> = values.into_iter().map(String::into_bytes).collect();
+    wanted.sort();
+    let mut pause = std::time::Duration::from_millis(100);
+    loop {
+        let current = cluster
+            .state_machine()
+            .directory()
+            .view()
+            .ok()
+            .and_then(|v| v.find(&dn).ok().flatten());
+        if let Some(entry) = current {
+            let mut have = entry
+                .get("pigeonairService")
+                .map(|a| a.values.clone())
+                .unwrap_or_default();
+            have.sort();
+            if have == wanted {
+                return;
+            }
+            let cmd = DirectoryCommand::Modify {
+                dn: dn.clone(),
+                changes: vec![Change {
+                    op: ChangeOp::Replace,
+                    attr: "pigeonairService".into(),
+                    values: wanted.clone(),
+                }],
+                meta: WriteMeta::now(&dn),
+            };
+            match cluster.write(cmd).await {
+                Ok(()) => {
+                    tracing::info!("services published in the service map");
+                    return;
+                }
+                Err(e) => tracing::debug!(error = %e, "cannot publish the service map yet"),
+            }
+        }
+        // The entry appears once the cluster has a leader and this node registered.
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            _ = shutdown.changed() => return,
+        }
+        pause = (pause * 2).min(std::time::Duration::from_secs(5));
+    }
+}
+
 /// A running node.
 pub struct Node {
     /// The directory replica.
@@ -553,6 +629,11 @@ impl Node {
             listening.extend(started.listening);
             tasks.extend(started.tasks);
         }
+        tasks.push(tokio::spawn(advertise_services(
+            cluster.clone(),
+            service_map_values(&cluster, &listening),
+            services.shutdown.clone(),
+        )));
         let node = Node {
             directory,
             cluster,
