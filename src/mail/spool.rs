@@ -3,14 +3,17 @@
 //! Contract:
 //! - [`Spool::accept`] returns only once the message and its envelope are on disk
 //!   (file and directory fsynced): SMTP answers 250 after it, never before.
-//! - A message lives in two files named by its queue id: `msg/<id>` (the bytes, written
-//!   first) and `env/<id>` (the envelope, written last, atomically). The envelope's
-//!   presence is the commit: at open, a `msg/` file without an envelope is an
-//!   acceptance that never completed and is removed.
-//! - A recipient is marked done in the envelope ([`Spool::update`], an atomic replace)
-//!   only after its delivery is durable; the message is removed when none is left.
-//!   After a crash every pending recipient is delivered again, so a delivery must be
-//!   idempotent per (queue id, recipient index): the stores name their files by them.
+//! - An accepted message is one file, `queue/<id>`: its envelope as one line of JSON,
+//!   then the message's bytes. It is written as `queue/.<id>.tmp`, fsynced and renamed
+//!   into place, and the folder fsynced: two fsyncs per message. At open, a leftover
+//!   `.tmp` file is an acceptance that never completed and is removed.
+//! - Delivery progress (recipients done, attempts, the next attempt) is written to
+//!   `state/<id>` ([`Spool::update`], an atomic replace), which overrides the envelope
+//!   in the queue file; a message delivered at its first attempt never writes one.
+//! - A message is removed when every recipient is done; the removal is not synced. A
+//!   crash may bring a removed message back, and then every recipient is delivered
+//!   again, so a delivery must be idempotent per (queue id, recipient): the stores name
+//!   their files by the queue id.
 
 use std::fs;
 use std::io::Write;
@@ -145,25 +148,33 @@ fn valid_id(id: &str) -> bool {
 
 /// The spool folder of a node.
 pub struct Spool {
-    msg: PathBuf,
-    env: PathBuf,
+    queue: PathBuf,
+    state: PathBuf,
 }
 
 impl Spool {
-    /// Open (or create) the spool in `dir`, removing acceptances that never completed.
+    /// Open (or create) the spool in `dir`, removing acceptances that never completed
+    /// and progress records of messages already removed.
     pub fn open(dir: &Path) -> Result<Spool, SpoolError> {
         let spool = Spool {
-            msg: dir.join("msg"),
-            env: dir.join("env"),
+            queue: dir.join("queue"),
+            state: dir.join("state"),
         };
-        for d in [&spool.msg, &spool.env] {
+        for d in [&spool.queue, &spool.state] {
             fs::create_dir_all(d).map_err(io_at(d))?;
         }
-        for entry in fs::read_dir(&spool.msg).map_err(io_at(&spool.msg))? {
-            let entry = entry.map_err(io_at(&spool.msg))?;
+        for entry in fs::read_dir(&spool.queue).map_err(io_at(&spool.queue))? {
+            let entry = entry.map_err(io_at(&spool.queue))?;
             let name = entry.file_name().to_string_lossy().into_owned();
-            if !spool.env.join(&name).exists() {
-                tracing::info!(id = %name, "removing a message whose acceptance did not complete");
+            if name.starts_with('.') {
+                tracing::info!(file = %name, "removing a message whose acceptance did not complete");
+                let _ = fs::remove_file(entry.path());
+            }
+        }
+        for entry in fs::read_dir(&spool.state).map_err(io_at(&spool.state))? {
+            let entry = entry.map_err(io_at(&spool.state))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !spool.queue.join(&name).exists() {
                 let _ = fs::remove_file(entry.path());
             }
         }
@@ -175,25 +186,34 @@ impl Spool {
         if !valid_id(&envelope.id) {
             return Err(SpoolError::NotFound(envelope.id.clone()));
         }
-        let path = self.msg.join(&envelope.id);
-        let tmp = self.msg.join(format!(".{}.tmp", envelope.id));
+        let path = self.queue.join(&envelope.id);
+        let mut head = serde_json::to_vec(envelope).map_err(|e| SpoolError::Damaged {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+        head.push(b'\n');
+        let tmp = self.queue.join(format!(".{}.tmp", envelope.id));
         let write = || -> std::io::Result<()> {
             let mut f = fs::File::create(&tmp)?;
+            f.write_all(&head)?;
             f.write_all(message)?;
             f.sync_all()?;
             fs::rename(&tmp, &path)?;
-            sync_dir(&self.msg)
+            sync_dir(&self.queue)
         };
         if let Err(e) = write() {
             let _ = fs::remove_file(&tmp);
             return Err(io_at(&path)(e));
         }
-        self.update(envelope)
+        Ok(())
     }
 
-    /// Replace a message's envelope durably (recipients done, attempts counted).
+    /// Record a message's delivery progress durably (recipients done, attempts).
     pub fn update(&self, envelope: &Envelope) -> Result<(), SpoolError> {
-        let path = self.env.join(&envelope.id);
+        if !valid_id(&envelope.id) || !self.queue.join(&envelope.id).exists() {
+            return Err(SpoolError::NotFound(envelope.id.clone()));
+        }
+        let path = self.state.join(&envelope.id);
         let bytes = serde_json::to_vec(envelope).map_err(|e| SpoolError::Damaged {
             path: path.clone(),
             message: e.to_string(),
@@ -201,38 +221,41 @@ impl Spool {
         write_atomic(&path, &bytes, Access::Private).map_err(io_at(&path))
     }
 
-    /// Remove a message (all its recipients are done): the envelope first, so that a
-    /// crash in between leaves only a message file that the next open removes.
+    /// Remove a message (all its recipients are done). Not synced: see the module
+    /// documentation.
     pub fn remove(&self, id: &str) -> Result<(), SpoolError> {
         if !valid_id(id) {
             return Err(SpoolError::NotFound(id.to_string()));
         }
-        let env = self.env.join(id);
-        match fs::remove_file(&env) {
+        let path = self.queue.join(id);
+        match fs::remove_file(&path) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Err(SpoolError::NotFound(id.to_string()))
             }
-            Err(e) => return Err(io_at(&env)(e)),
+            Err(e) => return Err(io_at(&path)(e)),
         }
-        sync_dir(&self.env).map_err(io_at(&self.env))?;
-        let msg = self.msg.join(id);
-        let _ = fs::remove_file(&msg);
+        let _ = fs::remove_file(self.state.join(id));
         Ok(())
     }
 
-    /// One message's envelope.
+    /// One message's envelope: its progress record, or the one it was accepted with.
     pub fn envelope(&self, id: &str) -> Result<Envelope, SpoolError> {
         if !valid_id(id) {
             return Err(SpoolError::NotFound(id.to_string()));
         }
-        let path = self.env.join(id);
-        let bytes = match fs::read(&path) {
-            Ok(b) => b,
+        let state = self.state.join(id);
+        let (path, bytes) = match fs::read(&state) {
+            Ok(b) => (state, b),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(SpoolError::NotFound(id.to_string()))
+                let path = self.queue.join(id);
+                let head = read_head(&path).map_err(|e| match e.kind() {
+                    std::io::ErrorKind::NotFound => SpoolError::NotFound(id.to_string()),
+                    _ => io_at(&path)(e),
+                })?;
+                (path, head)
             }
-            Err(e) => return Err(io_at(&path)(e)),
+            Err(e) => return Err(io_at(&state)(e)),
         };
         serde_json::from_slice(&bytes).map_err(|e| SpoolError::Damaged {
             path,
@@ -245,15 +268,23 @@ impl Spool {
         if !valid_id(id) {
             return Err(SpoolError::NotFound(id.to_string()));
         }
-        let path = self.msg.join(id);
-        fs::read(&path).map_err(io_at(&path))
+        let path = self.queue.join(id);
+        let mut bytes = fs::read(&path).map_err(io_at(&path))?;
+        let Some(end) = bytes.iter().position(|&b| b == b'\n') else {
+            return Err(SpoolError::Damaged {
+                path,
+                message: "no envelope line".into(),
+            });
+        };
+        bytes.drain(..=end);
+        Ok(bytes)
     }
 
     /// Every queued message's envelope, oldest first. A damaged envelope is logged and
     /// skipped (its files stay for an operator to look at).
     pub fn envelopes(&self) -> Result<Vec<Envelope>, SpoolError> {
-        let mut ids: Vec<String> = fs::read_dir(&self.env)
-            .map_err(io_at(&self.env))?
+        let mut ids: Vec<String> = fs::read_dir(&self.queue)
+            .map_err(io_at(&self.queue))?
             .filter_map(|e| e.ok())
             .map(|e| e.file_name().to_string_lossy().into_owned())
             .filter(|n| valid_id(n))
@@ -263,11 +294,24 @@ impl Spool {
         for id in ids {
             match self.envelope(&id) {
                 Ok(e) => out.push(e),
+                Err(SpoolError::NotFound(_)) => {}
                 Err(e) => tracing::error!(error = %e, "skipping a queued message"),
             }
         }
         Ok(out)
     }
+}
+
+/// The envelope line at the start of a queue file.
+fn read_head(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::BufRead;
+    let mut reader = std::io::BufReader::new(fs::File::open(path)?);
+    let mut head = Vec::new();
+    reader.read_until(b'\n', &mut head)?;
+    if head.last() == Some(&b'\n') {
+        head.pop();
+    }
+    Ok(head)
 }
 
 #[cfg(test)]
@@ -307,13 +351,15 @@ mod tests {
     }
 
     #[test]
-    fn a_message_without_its_envelope_is_an_unfinished_acceptance() {
+    fn an_unfinished_acceptance_and_stale_progress_are_cleaned_at_open() {
         let dir = tempfile::tempdir().unwrap();
         let spool = Spool::open(dir.path()).unwrap();
-        fs::write(dir.path().join("msg").join("00ff"), b"half").unwrap();
+        fs::write(dir.path().join("queue").join(".00ff.tmp"), b"half").unwrap();
+        fs::write(dir.path().join("state").join("00aa"), b"{}").unwrap();
         drop(spool);
         let spool = Spool::open(dir.path()).unwrap();
-        assert!(!dir.path().join("msg").join("00ff").exists());
+        assert!(!dir.path().join("queue").join(".00ff.tmp").exists());
+        assert!(!dir.path().join("state").join("00aa").exists());
         assert!(spool.envelopes().unwrap().is_empty());
     }
 

@@ -535,8 +535,9 @@ fn land(tmp: &Path, dir: &Path, name: &str) -> io::Result<PathBuf> {
         }
         Err(e) => return Err(e),
     }
-    let synced = sync_dir(dir).and_then(|()| tmp.parent().map_or(Ok(()), sync_dir));
-    if let Err(e) = synced {
+    // Only the new name must be durable: a tmp/ file a crash leaves behind is
+    // unnamed in new/ and cur/, and is cleaned as Maildir readers clean tmp/.
+    if let Err(e) = sync_dir(dir) {
         // Not durable, so not delivered: the sender will try again.
         let _ = fs::remove_file(&target);
         return Err(e);
