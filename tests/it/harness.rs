@@ -47,6 +47,16 @@ pub struct Node {
     pub url: String,
     /// `ldaps://127.0.0.1:PORT`, as printed by the node.
     pub ldaps_url: String,
+    /// The SMTP (MX) listener, `127.0.0.1:PORT`, as printed by the node.
+    pub smtp: String,
+    /// The submission listener (STARTTLS, AUTH).
+    pub submission: String,
+    /// The implicit-TLS submission listener.
+    pub submissions: String,
+    /// The root of the node's Maildirs.
+    pub maildirs: std::path::PathBuf,
+    /// The self-signed certificate of the public listeners.
+    pub tls_cert: std::path::PathBuf,
     /// The host part of [`Node::url`].
     pub host: String,
     /// The port part of [`Node::url`].
@@ -77,6 +87,11 @@ impl Node {
             data_dir,
             url: String::new(),
             ldaps_url: String::new(),
+            smtp: String::new(),
+            submission: String::new(),
+            submissions: String::new(),
+            maildirs: Default::default(),
+            tls_cert: Default::default(),
             host: String::new(),
             port: 0,
             suffix: String::new(),
@@ -99,6 +114,45 @@ impl Node {
     /// The demo account `bob@example.org`.
     pub fn bob(&self) -> &Account {
         self.account("bob@example.org")
+    }
+
+    /// The messages in the Maildir (INBOX, new/ and cur/) of `local@example.org`, as
+    /// text.
+    pub fn maildir(&self, local: &str) -> Vec<String> {
+        let root = self
+            .maildirs
+            .join("example.org")
+            .join(local)
+            .join("Maildir");
+        let mut out = Vec::new();
+        for sub in ["new", "cur"] {
+            let Ok(entries) = std::fs::read_dir(root.join(sub)) else {
+                continue;
+            };
+            for e in entries.flatten() {
+                if let Ok(bytes) = std::fs::read(e.path()) {
+                    out.push(String::from_utf8_lossy(&bytes).into_owned());
+                }
+            }
+        }
+        out
+    }
+
+    /// Wait (at most `timeout`) until `local@example.org`'s Maildir holds a message
+    /// containing `needle`, and return it.
+    #[track_caller]
+    pub fn wait_for_mail(&self, local: &str, needle: &str, timeout: Duration) -> String {
+        let mut found = None;
+        let ok = wait_until(timeout, || {
+            found = self.maildir(local).into_iter().find(|m| m.contains(needle));
+            found.is_some()
+        });
+        assert!(
+            ok,
+            "no message with {needle:?} in {local}'s Maildir within {timeout:?}: {:?}",
+            self.maildir(local)
+        );
+        found.unwrap()
     }
 
     fn account(&self, mail: &str) -> &Account {
@@ -177,6 +231,12 @@ impl Node {
                 "127.0.0.1:0",
                 "--ldaps-listen",
                 "127.0.0.1:0",
+                "--smtp-listen",
+                "127.0.0.1:0",
+                "--submission-listen",
+                "127.0.0.1:0",
+                "--submissions-listen",
+                "127.0.0.1:0",
             ])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -244,6 +304,23 @@ impl Node {
                 url = Some(v.trim().to_string());
             } else if let Some(v) = trimmed.strip_prefix("ldaps:") {
                 ldaps_url = Some(v.trim().to_string());
+            } else if let Some(v) = trimmed.strip_prefix("smtp:") {
+                self.smtp = v.trim().trim_start_matches("smtp://").to_string();
+            } else if let Some(v) = trimmed.strip_prefix("submission:") {
+                let v = v.trim().trim_start_matches("smtp://");
+                self.submission = v.split_whitespace().next().unwrap_or_default().to_string();
+            } else if let Some(v) = trimmed.strip_prefix("submissions:") {
+                let v = v.trim().trim_start_matches("smtps://");
+                self.submissions = v.split_whitespace().next().unwrap_or_default().to_string();
+            } else if let Some(v) = trimmed.strip_prefix("maildirs:") {
+                self.maildirs = v.trim().into();
+            } else if let Some(v) = trimmed.strip_prefix("tls cert:") {
+                self.tls_cert = v
+                    .trim()
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or_default()
+                    .into();
             } else if let Some(v) = trimmed.strip_prefix("suffix:") {
                 suffix = Some(v.trim().to_string());
             } else if let Some(v) = trimmed.strip_prefix("admin:") {
@@ -451,6 +528,8 @@ impl From<(String, Output)> for ToolOutput {
 fn install_hint(cmd: &str) -> &'static str {
     if cmd.starts_with("ldap") {
         "install ldap-utils (the CI script does)"
+    } else if cmd == "swaks" {
+        "apt-get install swaks (the CI script does)"
     } else if cmd.starts_with("python") {
         "install python3 and `pip install ldap3` (the CI script does)"
     } else {

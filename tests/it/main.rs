@@ -1,6 +1,6 @@
 //! Integration tests: each test starts a real `pigeonair quickstart` node on an ephemeral
 //! port and talks to it with clients others wrote (ldap-utils, the `ldap3` crate,
-//! Python's `ldap3`) or with raw bytes.
+//! Python's `ldap3` and `smtplib`, `swaks`) or with raw bytes.
 
 mod harness;
 
@@ -11,6 +11,7 @@ mod ldap_tools;
 mod ldif_cli;
 mod limits;
 mod mail_interop;
+mod mail_smtp;
 mod python_client;
 mod rust_client;
 mod settings;
