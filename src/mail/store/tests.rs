@@ -227,3 +227,58 @@ fn concurrent_deliveries_get_distinct_names_and_exact_usage() {
         }
     );
 }
+
+#[test]
+fn nodes_sharing_one_root_deliver_at_once_without_losing_or_miscounting() {
+    let dir = tempfile::tempdir().unwrap();
+    let nodes: Vec<MailStore> = ["n1", "n2", "n3"]
+        .iter()
+        .map(|n| MailStore::open(dir.path()).unwrap().with_host_name(n))
+        .collect();
+    let threads: Vec<_> = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, store)| {
+            let mbox = store.mailbox("example.org", "shared").unwrap();
+            std::thread::spawn(move || {
+                for n in 0..30 {
+                    let token = format!("q{i}x{n}");
+                    let key = DeliveryKey {
+                        token: &token,
+                        at_micros: 1,
+                        maybe_stored: false,
+                    };
+                    mbox.deliver_once(&FolderName::inbox(), b"0123456789", &Quota::UNLIMITED, &key)
+                        .unwrap();
+                    mbox.deliver(&FolderName::inbox(), b"abc", &Quota::UNLIMITED)
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let mbox = nodes[0].mailbox("example.org", "shared").unwrap();
+    let all = mbox
+        .open_folder(&FolderName::inbox())
+        .unwrap()
+        .scan()
+        .unwrap();
+    assert_eq!(all.len(), 180);
+    for host in ["n1", "n2", "n3"] {
+        assert_eq!(
+            all.iter()
+                .filter(|m| m.id.contains(&format!(".{host},")))
+                .count(),
+            60
+        );
+    }
+    assert_eq!(
+        mbox.usage().unwrap(),
+        Usage {
+            bytes: 90 * 10 + 90 * 3,
+            count: 180
+        }
+    );
+}
