@@ -395,10 +395,7 @@ impl Runner {
         if failed.is_empty() || env.sender.is_empty() {
             return;
         }
-        let message = match self.spool.message(&env.id) {
-            Ok(m) => m,
-            Err(_) => Vec::new(),
-        };
+        let message = self.spool.message(&env.id).unwrap_or_default();
         let dsn = bounce::report(&self.hostname, env, &failed, &message);
         let bounce = Envelope {
             id: super::spool::new_queue_id(),

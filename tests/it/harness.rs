@@ -315,12 +315,7 @@ impl Node {
             } else if let Some(v) = trimmed.strip_prefix("maildirs:") {
                 self.maildirs = v.trim().into();
             } else if let Some(v) = trimmed.strip_prefix("tls cert:") {
-                self.tls_cert = v
-                    .trim()
-                    .split_whitespace()
-                    .next()
-                    .unwrap_or_default()
-                    .into();
+                self.tls_cert = v.split_whitespace().next().unwrap_or_default().into();
             } else if let Some(v) = trimmed.strip_prefix("suffix:") {
                 suffix = Some(v.trim().to_string());
             } else if let Some(v) = trimmed.strip_prefix("admin:") {
