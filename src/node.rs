@@ -373,6 +373,7 @@ async fn start_mail(
         delivery,
         limits: std::sync::RwLock::new(limits),
         address_slots: Arc::new(AddressSlots::default()),
+        shutdown: services.shutdown.clone(),
     });
     let _ = lmtp.set(ctx.clone());
     started.tasks.push(tokio::spawn(follow_smtp_settings(

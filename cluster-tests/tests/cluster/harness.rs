@@ -4,7 +4,7 @@
 //! LDAP to any node, and keep a write load running.
 //!
 //! Addresses: node `i` of a cluster on subnet `S` listens on `127.0.S.(base+i)`, LDAP
-//! on port 3389 and the cluster port on 7400; every test uses its own subnet, so tests
+//! on port 3389, SMTP (MX) on 2525 and the cluster port on 7400; every test uses its own subnet, so tests
 //! run in parallel and a restarted node keeps its address. Processes are killed and the
 //! temporary directory removed when the [`TestCluster`] is dropped; when a test fails,
 //! the tail of every node's log is printed and the directory is kept for a post-mortem.
@@ -31,6 +31,12 @@ pub const SUFFIX: &str = "dc=pigeonair";
 const LDAP_PORT: u16 = 3389;
 /// The cluster port of every node.
 const CLUSTER_PORT: u16 = 7400;
+/// The SMTP (MX) port of every node.
+const SMTP_PORT: u16 = 2525;
+/// Every node's `[mail]` table: SMTP on its own address, and retries of a deferred
+/// delivery after 1 s, then every 2 s, so a test sees a node that came back get its mail
+/// within seconds.
+const MAIL_SETTINGS: &str = "retry_first_secs = 1\nretry_max_secs = 2\n";
 /// How long a node may take to print `ready`.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a one-shot command (`init`, `status`, `token ...`) may take.
@@ -64,7 +70,7 @@ pub fn binary() -> &'static Path {
 /// cluster, and that round trip paces the loop. State the harness itself holds (the
 /// acknowledgements of a [`WriteLoad`], a command's exit) is waited for with blocking
 /// waits instead. `probe` runs once more when the deadline is reached.
-fn poll_until<T>(deadline: Instant, mut probe: impl FnMut() -> Option<T>) -> Option<T> {
+pub fn poll_until<T>(deadline: Instant, mut probe: impl FnMut() -> Option<T>) -> Option<T> {
     loop {
         if let Some(v) = probe() {
             return Some(v);
@@ -339,6 +345,16 @@ impl TestCluster {
         format!("{}:{CLUSTER_PORT}", self.host(i))
     }
 
+    /// Node `i`'s SMTP (MX) address (`host:2525`).
+    pub fn smtp_addr(&self, i: usize) -> String {
+        format!("{}:{SMTP_PORT}", self.host(i))
+    }
+
+    /// Node `i`'s data directory (`[node] data_dir`; its mail store is `mail/` in it).
+    pub fn data_dir(&self, i: usize) -> PathBuf {
+        self.dir().join(format!("data-n{i}"))
+    }
+
     /// Node `i`'s LDAP URL.
     pub fn url(&self, i: usize) -> String {
         format!("ldap://{}:{LDAP_PORT}", self.host(i))
@@ -356,7 +372,8 @@ impl TestCluster {
             let text = format!(
                 "[node]\nname = \"{name}\"\ndata_dir = {:?}\n\n[ldap]\nlisten = [\"{host}:{LDAP_PORT}\"]\n\n\
                  [cluster]\nlisten = \"{host}:{CLUSTER_PORT}\"\nheartbeat_ms = 100\nelection_timeout_min_ms = 300\n\
-                 election_timeout_max_ms = 600\nwrite_timeout_ms = 5000\n{}\n",
+                 election_timeout_max_ms = 600\nwrite_timeout_ms = 5000\n{}\n\n\
+                 [mail]\nsmtp_listen = [\"{host}:{SMTP_PORT}\"]\n{MAIL_SETTINGS}",
                 data.display().to_string(),
                 self.cluster_settings,
             );
@@ -542,6 +559,22 @@ impl TestCluster {
             .find(|(_, v)| **v == id)
             .unwrap_or_else(|| panic!("no node with id {id}"))
             .0
+    }
+
+    /// Node `i`'s mail queue as `pigeonair queue list --json` reports it: one JSON
+    /// object per queued message (`id`, `recipients` with `rcpt`, `done`, `attempts`,
+    /// `last_error`, ...).
+    pub fn queue(&self, i: usize) -> Result<Vec<Value>, String> {
+        let out = self.cli(i, &["queue", "list", "--json"]);
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+        }
+        let text = String::from_utf8_lossy(&out.stdout);
+        match serde_json::from_str(&text) {
+            Ok(Value::Array(list)) => Ok(list),
+            Ok(other) => Err(format!("not a list: {other}")),
+            Err(e) => Err(format!("{e}: {text}")),
+        }
     }
 
     /// `pigeonair status --json` through node `via`.

@@ -86,6 +86,8 @@ pub struct MailContext {
     pub limits: RwLock<Limits>,
     /// Connections per client address, over all SMTP listeners.
     pub address_slots: Arc<AddressSlots>,
+    /// Turns true when the node stops (LMTP sessions end with it).
+    pub shutdown: watch::Receiver<bool>,
 }
 
 impl MailContext {
@@ -532,7 +534,7 @@ pub async fn serve_lmtp(ctx: Arc<MailContext>, conn: Conn) {
             false,
             Some("cluster mTLS".into()),
         ));
-        let (_, shutdown) = watch::channel(false);
+        let shutdown = ctx.shutdown.clone();
         let _ = run(conn.stream, session, &answers, &ctx, None, shutdown).await;
     }
     .instrument(span)
