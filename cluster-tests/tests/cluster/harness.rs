@@ -289,6 +289,7 @@ pub struct TestCluster {
     subnet: u8,
     host_base: u8,
     cluster_settings: String,
+    mail_settings: String,
     dir: Option<tempfile::TempDir>,
     /// The running nodes by index (1-based).
     nodes: BTreeMap<usize, TestNode>,
@@ -308,6 +309,7 @@ impl TestCluster {
             subnet,
             host_base: 0,
             cluster_settings: String::new(),
+            mail_settings: String::new(),
             dir: Some(dir),
             nodes: BTreeMap::new(),
             ids: BTreeMap::new(),
@@ -324,6 +326,12 @@ impl TestCluster {
     /// Extra lines for every node's `[cluster]` table (`snapshot_every = 50`).
     pub fn with_cluster_settings(mut self, lines: &str) -> TestCluster {
         self.cluster_settings = lines.to_string();
+        self
+    }
+
+    /// Extra lines for every node's `[mail]` table (`submission_listen = [...]`).
+    pub fn with_mail_settings(mut self, lines: &str) -> TestCluster {
+        self.mail_settings = lines.to_string();
         self
     }
 
@@ -373,9 +381,10 @@ impl TestCluster {
                 "[node]\nname = \"{name}\"\ndata_dir = {:?}\n\n[ldap]\nlisten = [\"{host}:{LDAP_PORT}\"]\n\n\
                  [cluster]\nlisten = \"{host}:{CLUSTER_PORT}\"\nheartbeat_ms = 100\nelection_timeout_min_ms = 300\n\
                  election_timeout_max_ms = 600\nwrite_timeout_ms = 5000\n{}\n\n\
-                 [mail]\nsmtp_listen = [\"{host}:{SMTP_PORT}\"]\n{MAIL_SETTINGS}",
+                 [mail]\nsmtp_listen = [\"{host}:{SMTP_PORT}\"]\n{MAIL_SETTINGS}{}\n",
                 data.display().to_string(),
                 self.cluster_settings,
+                self.mail_settings,
             );
             std::fs::write(&path, text).expect("write a node configuration");
         }

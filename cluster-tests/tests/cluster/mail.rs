@@ -298,7 +298,7 @@ fn add_accounts(c: &TestCluster) {
             ],
         );
     }
-    for i in 1..=3 {
+    for i in c.running() {
         wait_for(
             &format!("node {i}'s replica has the three accounts"),
             Duration::from_secs(30),
@@ -628,4 +628,106 @@ fn mail_acknowledged_before_a_sigkill_is_delivered_exactly_once() {
          the rest delivered {} ms after the restart, each exactly once",
         restarted.elapsed().as_millis()
     );
+}
+
+/// A PROXY protocol v2 header (haproxy's binary format) for a TCP/IPv4 client.
+fn proxy_v2(client: [u8; 4], client_port: u16, server: [u8; 4], server_port: u16) -> Vec<u8> {
+    let mut h = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+    h.extend_from_slice(&[0x21, 0x11, 0, 12]);
+    h.extend_from_slice(&client);
+    h.extend_from_slice(&server);
+    h.extend_from_slice(&client_port.to_be_bytes());
+    h.extend_from_slice(&server_port.to_be_bytes());
+    h
+}
+
+/// Read one whole SMTP reply ("" when the server closed).
+fn smtp_reply(r: &mut BufReader<std::net::TcpStream>) -> String {
+    let mut all = String::new();
+    loop {
+        let mut line = String::new();
+        if r.read_line(&mut line).unwrap_or(0) == 0 {
+            return all;
+        }
+        all.push_str(&line);
+        if line.as_bytes().get(3) != Some(&b'-') {
+            return all;
+        }
+    }
+}
+
+#[test]
+fn a_balancers_proxy_header_gives_the_client_address_and_its_rules() {
+    use std::io::Write;
+    let base = 30;
+    let host = format!("127.0.{SUBNET}.{}", base + 1);
+    let mut c = TestCluster::new(SUBNET)
+        .with_host_base(base)
+        .with_mail_settings(&format!(
+        "submission_listen = [\"{host}:2587\"]\nproxy_protocol_from = [\"127.0.0.1\", \"{host}\"]\n"
+    ));
+    c.init();
+    c.start(1);
+    add_accounts(&c);
+    let connect = |port: u16| {
+        let s = std::net::TcpStream::connect((host.as_str(), port)).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let r = BufReader::new(s.try_clone().unwrap());
+        (s, r)
+    };
+    let ip = |h: &str| -> [u8; 4] {
+        let a: std::net::Ipv4Addr = h.parse().unwrap();
+        a.octets()
+    };
+    // A client the balancer says is 192.0.2.7: not loopback, so no AUTH in the clear.
+    let (mut s, mut r) = connect(2587);
+    s.write_all(&proxy_v2([192, 0, 2, 7], 40000, ip(&host), 2587))
+        .unwrap();
+    assert!(smtp_reply(&mut r).starts_with("220 "));
+    s.write_all(b"EHLO client.example.net\r\n").unwrap();
+    let ehlo = smtp_reply(&mut r);
+    assert!(
+        !ehlo.contains("AUTH"),
+        "AUTH offered in the clear to a remote client: {ehlo}"
+    );
+    s.write_all(b"AUTH PLAIN AHUxQG1haWwudGVzdABwdy11MS1zZWNyZXQ=\r\n")
+        .unwrap();
+    let auth = smtp_reply(&mut r);
+    assert!(auth.starts_with("538 5.7.11"), "{auth}");
+    // The same login from a loopback client (per the header) is accepted in the clear.
+    let (mut s, mut r) = connect(2587);
+    s.write_all(&proxy_v2([127, 0, 0, 9], 40001, ip(&host), 2587))
+        .unwrap();
+    smtp_reply(&mut r);
+    s.write_all(b"EHLO lo\r\nAUTH PLAIN AHUxQG1haWwudGVzdABwdy11MS1zZWNyZXQ=\r\n")
+        .unwrap();
+    smtp_reply(&mut r);
+    let auth = smtp_reply(&mut r);
+    assert!(auth.starts_with("235 "), "{auth}");
+    // Mail through the MX port names the real client in its Received: header.
+    let (mut s, mut r) = connect(2525);
+    s.write_all(&proxy_v2([198, 51, 100, 23], 40002, ip(&host), 2525))
+        .unwrap();
+    smtp_reply(&mut r);
+    s.write_all(
+        b"EHLO mx.example.net\r\nMAIL FROM:<a@example.net>\r\nRCPT TO:<u1@mail.test>\r\nDATA\r\n\
+          Message-ID: <proxied@example.net>\r\n\r\nvia a balancer\r\n.\r\nQUIT\r\n",
+    )
+    .unwrap();
+    let replies: Vec<String> = (0..6).map(|_| smtp_reply(&mut r)).collect();
+    assert!(replies[4].starts_with("250 "), "{replies:?}");
+    let stored = wait_for("the proxied message is stored", DELIVERY_TIMEOUT, || {
+        files_containing(&inbox(&c, 1, "u1"), "<proxied@example.net>")
+            .into_iter()
+            .next()
+            .ok_or_else(|| "not yet".to_string())
+    });
+    let text = std::fs::read_to_string(stored).unwrap();
+    assert!(text.contains("([198.51.100.23])"), "{text}");
+    // A trusted balancer's connection without a header is dropped, not served.
+    let (mut s, mut r) = connect(2525);
+    s.write_all(b"EHLO no-header.example.net\r\n").unwrap();
+    let mut rest = String::new();
+    let _ = r.read_to_string(&mut rest);
+    assert!(rest.is_empty(), "served without a PROXY header: {rest:?}");
 }
