@@ -731,3 +731,78 @@ fn a_balancers_proxy_header_gives_the_client_address_and_its_rules() {
     let _ = r.read_to_string(&mut rest);
     assert!(rest.is_empty(), "served without a PROXY header: {rest:?}");
 }
+
+#[test]
+fn with_shared_storage_every_node_stores_straight_into_the_shared_root() {
+    let c = TestCluster::new(SUBNET).with_host_base(40);
+    let root = c.scratch("shared-maildirs");
+    std::fs::create_dir_all(&root).expect("the shared root");
+    let mut c = c.with_mail_settings(&format!(
+        "storage = \"shared\"\nshared_root = {:?}\n",
+        root.display().to_string()
+    ));
+    c.init();
+    c.start(1);
+    for i in 2..=3 {
+        let token = c.token(1, &[]);
+        c.join(i, &token);
+    }
+    c.wait_voters(&[1, 2, 3], Duration::from_secs(30));
+    add_accounts(&c);
+    // Every node takes mail for every account at once; none is handed to a home node.
+    let mails: Vec<Vec<Mail>> = (1..=3)
+        .map(|_| {
+            (0..10)
+                .map(|k| Mail::to(&address(&format!("u{}", k % 3 + 1)), "shared"))
+                .collect()
+        })
+        .collect();
+    std::thread::scope(|s| {
+        for (i, batch) in mails.iter().enumerate() {
+            let addr = c.smtp_addr(i + 1);
+            s.spawn(move || {
+                let replies = send(&addr, batch, |_, _| {});
+                assert_all_accepted(&addr, &replies);
+            });
+        }
+    });
+    let all: Vec<&Mail> = mails.iter().flatten().collect();
+    let ids: Vec<&str> = all.iter().map(|m| m.message_id.as_str()).collect();
+    let counts = wait_for(
+        "every message is in the shared root",
+        DELIVERY_TIMEOUT,
+        || {
+            let mut counts = BTreeMap::new();
+            for uid in ["u1", "u2", "u3"] {
+                let new = root.join(DOMAIN).join(uid).join("Maildir").join("new");
+                counts.extend(copies_by_id(&new, &ids));
+            }
+            if counts.len() == ids.len() {
+                Ok(counts)
+            } else {
+                Err(format!("{} of {} stored", counts.len(), ids.len()))
+            }
+        },
+    );
+    assert!(
+        counts.values().all(|n| *n == 1),
+        "a message stored twice: {counts:?}"
+    );
+    // Each message is in its recipient's mailbox, and no node kept a local copy.
+    for m in &all {
+        let uid = m.to.split('@').next().unwrap();
+        let new = root.join(DOMAIN).join(uid).join("Maildir").join("new");
+        assert_eq!(
+            copies_by_id(&new, &[m.message_id.as_str()]).len(),
+            1,
+            "{} in {uid}",
+            m.message_id
+        );
+    }
+    for i in 1..=3 {
+        assert!(
+            files_containing(&c.data_dir(i).join("mail"), "@client.example.net").is_empty(),
+            "node {i} stored mail in its own data directory"
+        );
+    }
+}

@@ -6,7 +6,7 @@
 //! `127.0.S.i` (LDAP 3389, cluster 7400). Taken: 11 bootstrap, 12 leader_kill,
 //! 13 crash_catch_up, 14 snapshot_catch_up, 15 join_refusals, 16 drill,
 //! 17 import_then_join, 18 mail (each of its three tests on hosts of its own: .1-.3,
-//! .11-.13, .21-.23, .31; SMTP on 2525); `partition`
+//! .11-.13, .21-.23, .31, .41-.43; SMTP on 2525); `partition`
 //! runs its nodes in network namespaces of its own (10.77.0.x inside them)
 //! (`single_node` uses ephemeral ports on 127.0.0.1).
 
