@@ -148,6 +148,7 @@ impl Quickstart {
             let creds: Credentials =
                 toml::from_str(&text).map_err(|e| file_error(&creds_path, e))?;
             let (node, _) = Node::start(&config, None).await?;
+            self.write_config(&config, &node)?;
             return Ok((node, creds));
         }
         let admin_password = self
@@ -166,9 +167,19 @@ impl Quickstart {
         let text = toml::to_string(&creds).map_err(|e| file_error(&creds_path, e))?;
         write_atomic(&creds_path, text.as_bytes(), Access::Private)
             .map_err(|e| file_error(&creds_path, e))?;
-        let config_path = self.config_path();
-        write_atomic(&config_path, config.to_toml().as_bytes(), Access::Private)
-            .map_err(|e| file_error(&config_path, e))?;
+        self.write_config(&config, &node)?;
         Ok((node, creds))
+    }
+
+    /// Write the node's configuration for the CLI's other commands, at every start,
+    /// with the cluster port it bound (an ephemeral `:0` would name nothing).
+    fn write_config(&self, config: &Config, node: &Node) -> Result<(), QuickstartError> {
+        let mut written = config.clone();
+        if let Some(bound) = node.cluster.cluster_addr {
+            written.cluster.listen = bound;
+        }
+        let config_path = self.config_path();
+        write_atomic(&config_path, written.to_toml().as_bytes(), Access::Private)
+            .map_err(|e| file_error(&config_path, e))
     }
 }

@@ -372,3 +372,96 @@ s.quit()
         .iter()
         .all(|m| !m.contains("Subject: big")));
 }
+
+#[test]
+fn a_full_mailbox_refuses_with_452_and_the_queue_commands_show_and_drop_a_waiting_message() {
+    let node = Node::start();
+    let ldif = format!(
+        "dn: {}\nchangetype: modify\nreplace: mailQuotaCount\nmailQuotaCount: 1\n-\n",
+        node.bob().dn
+    );
+    run_with_input(
+        "ldapmodify",
+        &[
+            "-x",
+            "-H",
+            &node.url,
+            "-D",
+            &node.admin_dn,
+            "-w",
+            &node.admin_pw,
+        ],
+        Some(&ldif),
+    )
+    .assert_ok();
+    let send = |to: &str, id: &str| {
+        let mut c = Raw::connect(&node.smtp);
+        c.send(format!("EHLO q\r\nMAIL FROM:<a@remote.test>\r\nRCPT TO:<{to}>\r\n").as_bytes());
+        c.reply();
+        c.reply();
+        let rcpt = c.reply();
+        if rcpt.starts_with("250") {
+            c.send(format!("DATA\r\nMessage-ID: <{id}>\r\n\r\nx\r\n.\r\n").as_bytes());
+            assert!(c.reply().starts_with("354"));
+            assert!(c.reply().starts_with("250"));
+        }
+        rcpt
+    };
+    assert!(send("bob@example.org", "first@q").starts_with("250"));
+    node.wait_for_mail("bob", "<first@q>", DELIVERY);
+    let full = send("bob@example.org", "second@q");
+    assert!(full.starts_with("452 4.2.2"), "{full}");
+
+    // A message for outside the cluster waits in the queue (no outbound yet).
+    let config = node.data_dir().join("pigeonair.toml");
+    let config = config.to_str().unwrap();
+    run(
+        "python3",
+        &[
+            "-c",
+            "import smtplib,sys; s=smtplib.SMTP(*sys.argv[1].rsplit(':',1)); s.login('alice@example.org', sys.argv[2]); \
+             s.sendmail('alice@example.org', ['friend@elsewhere.test'], b'Subject: out\\r\\n\\r\\nx\\r\\n'); s.quit()",
+            &node.submission,
+            &node.alice().password,
+        ],
+    )
+    .assert_ok();
+    let bin = env!("CARGO_BIN_EXE_pigeonair");
+    let mut listed = String::new();
+    assert!(
+        wait_until(DELIVERY, || {
+            listed = run(bin, &["queue", "list", "--config", config])
+                .assert_ok()
+                .stdout
+                .clone();
+            listed.contains("friend@elsewhere.test  attempts 1")
+        }),
+        "{listed}"
+    );
+    assert!(
+        listed.contains("outbound delivery is not enabled"),
+        "{listed}"
+    );
+    let id = listed.split_whitespace().next().unwrap().to_string();
+    let retried = run(bin, &["queue", "retry", &id, "--config", config]);
+    assert!(
+        retried.assert_ok().stdout.contains("1 recipients due now"),
+        "{retried}"
+    );
+    assert!(
+        wait_until(DELIVERY, || {
+            run(bin, &["queue", "list", "--config", config])
+                .stdout
+                .contains("attempts 2")
+        }),
+        "the retry was not attempted"
+    );
+    run(bin, &["queue", "delete", &id, "--config", config]).assert_ok();
+    let after = run(bin, &["queue", "list", "--config", config]);
+    assert!(
+        after.assert_ok().stdout.contains("the queue is empty"),
+        "{after}"
+    );
+    let missing = run(bin, &["queue", "delete", &id, "--config", config]);
+    assert_ne!(missing.code(), 0, "{missing}");
+}
