@@ -21,7 +21,7 @@ use super::{Authority, Identity};
 use crate::directory::entry::StoredEntry;
 use crate::directory::filter::Filter;
 use crate::directory::routing::Address;
-use crate::directory::{password, DirView, Directory, Scope, SearchRequest};
+use crate::directory::{password, DirView, Directory};
 
 /// How long a verified pair is trusted without another verify.
 const CACHE_TTL: Duration = Duration::from_secs(3600);
@@ -123,20 +123,8 @@ fn account_entry(dir: &Directory, view: &DirView<'_>, login: &str) -> Option<Sto
         None => Filter::Equality("uid".into(), login.as_bytes().to_vec()),
     };
     let mut found = Vec::new();
-    let req = SearchRequest {
-        base: &base,
-        scope: Scope::Subtree,
-        filter: &filter,
-        size_limit: 2,
-        deadline: None,
-        view: None,
-        subordinates: false,
-        keep: None,
-    };
-    let _ = view.search(&req, |_, e| {
-        found.push(e);
-        true
-    });
+    // A size limit of 2 tells one match from several.
+    let _ = crate::directory::routing::search(view, &base, &filter, 2, |e| found.push(e));
     found.retain(|e| e.get("userPassword").is_some());
     (found.len() == 1).then(|| found.pop()).flatten()
 }

@@ -241,8 +241,9 @@ pub fn service_endpoints(
     }
 }
 
-/// Run a subtree search, handing `each` every match.
-fn search(
+/// Run a subtree search of the replica, handing `each` every match (at most
+/// `size_limit` of them, 0 for no limit).
+pub(crate) fn search(
     view: &DirView<'_>,
     base: &str,
     filter: &Filter,

@@ -155,6 +155,25 @@ impl Node {
         found.unwrap()
     }
 
+    /// Apply `ldif` (change records) as the administrator with `ldapmodify`.
+    #[track_caller]
+    pub fn ldapmodify(&self, ldif: &str) {
+        run_with_input(
+            "ldapmodify",
+            &[
+                "-x",
+                "-H",
+                &self.url,
+                "-D",
+                &self.admin_dn,
+                "-w",
+                &self.admin_pw,
+            ],
+            Some(ldif),
+        )
+        .assert_ok();
+    }
+
     fn account(&self, mail: &str) -> &Account {
         self.accounts
             .iter()

@@ -314,20 +314,7 @@ fn bad_commands_get_errors_and_an_endless_line_closes_only_that_connection() {
 fn oversized_messages_get_552_once_the_cluster_lowers_the_limit() {
     let node = Node::start();
     let ldif = "dn: cn=cluster,ou=system,dc=pigeonair\nchangetype: modify\nadd: pigeonairSetting\npigeonairSetting: smtp.maxMessageBytes=10000\n-\n";
-    run_with_input(
-        "ldapmodify",
-        &[
-            "-x",
-            "-H",
-            &node.url,
-            "-D",
-            &node.admin_dn,
-            "-w",
-            &node.admin_pw,
-        ],
-        Some(ldif),
-    )
-    .assert_ok();
+    node.ldapmodify(ldif);
     // The new limit is announced in EHLO once the node applied it.
     assert!(
         wait_until(Duration::from_secs(10), || {
@@ -380,20 +367,7 @@ fn a_full_mailbox_refuses_with_452_and_the_queue_commands_show_and_drop_a_waitin
         "dn: {}\nchangetype: modify\nreplace: mailQuotaCount\nmailQuotaCount: 1\n-\n",
         node.bob().dn
     );
-    run_with_input(
-        "ldapmodify",
-        &[
-            "-x",
-            "-H",
-            &node.url,
-            "-D",
-            &node.admin_dn,
-            "-w",
-            &node.admin_pw,
-        ],
-        Some(&ldif),
-    )
-    .assert_ok();
+    node.ldapmodify(&ldif);
     let send = |to: &str, id: &str| {
         let mut c = Raw::connect(&node.smtp);
         c.send(format!("EHLO q\r\nMAIL FROM:<a@remote.test>\r\nRCPT TO:<{to}>\r\n").as_bytes());

@@ -19,21 +19,9 @@ fn search(node: &Node, who: Option<(&str, &str)>) -> ToolOutput {
 }
 
 fn set(node: &Node, change: &str) {
-    let ldif = format!("dn: {SETTINGS}\nchangetype: modify\n{change}\n-\n");
-    run_with_input(
-        "ldapmodify",
-        &[
-            "-x",
-            "-H",
-            &node.url,
-            "-D",
-            &node.admin_dn,
-            "-w",
-            &node.admin_pw,
-        ],
-        Some(&ldif),
-    )
-    .assert_ok();
+    node.ldapmodify(&format!(
+        "dn: {SETTINGS}\nchangetype: modify\n{change}\n-\n"
+    ));
 }
 
 fn eventually(what: &str, check: impl FnMut() -> bool) {

@@ -700,7 +700,13 @@ impl TestCluster {
     /// A three-voter cluster: `init` node 1, then nodes 2 and 3 join; returns once all
     /// three are voters agreeing on a leader.
     pub fn three_voters(subnet: u8) -> TestCluster {
-        let mut c = TestCluster::new(subnet);
+        TestCluster::new(subnet).start_three_voters()
+    }
+
+    /// [`TestCluster::three_voters`] for a cluster already configured (host base,
+    /// settings).
+    pub fn start_three_voters(self) -> TestCluster {
+        let mut c = self;
         c.init();
         c.start(1);
         for i in 2..=3 {

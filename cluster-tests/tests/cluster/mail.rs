@@ -353,14 +353,9 @@ fn wait_for<T>(what: &str, timeout: Duration, mut probe: impl FnMut() -> Result<
 
 /// Three voters on `127.0.18.(base+i)` with the accounts in every replica.
 fn mail_cluster(base: u8) -> TestCluster {
-    let mut c = TestCluster::new(SUBNET).with_host_base(base);
-    c.init();
-    c.start(1);
-    for i in 2..=3 {
-        let token = c.token(1, &[]);
-        c.join(i, &token);
-    }
-    c.wait_voters(&[1, 2, 3], Duration::from_secs(30));
+    let c = TestCluster::new(SUBNET)
+        .with_host_base(base)
+        .start_three_voters();
     add_accounts(&c);
     c
 }
@@ -737,17 +732,12 @@ fn with_shared_storage_every_node_stores_straight_into_the_shared_root() {
     let c = TestCluster::new(SUBNET).with_host_base(40);
     let root = c.scratch("shared-maildirs");
     std::fs::create_dir_all(&root).expect("the shared root");
-    let mut c = c.with_mail_settings(&format!(
-        "storage = \"shared\"\nshared_root = {:?}\n",
-        root.display().to_string()
-    ));
-    c.init();
-    c.start(1);
-    for i in 2..=3 {
-        let token = c.token(1, &[]);
-        c.join(i, &token);
-    }
-    c.wait_voters(&[1, 2, 3], Duration::from_secs(30));
+    let c = c
+        .with_mail_settings(&format!(
+            "storage = \"shared\"\nshared_root = {:?}\n",
+            root.display().to_string()
+        ))
+        .start_three_voters();
     add_accounts(&c);
     // Every node takes mail for every account at once; none is handed to a home node.
     let mails: Vec<Vec<Mail>> = (1..=3)
