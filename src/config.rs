@@ -48,6 +48,10 @@ pub struct MailConfig {
     pub submission_listen: Vec<SocketAddr>,
     /// Submission listeners with implicit TLS (port 465); need `tls_cert`.
     pub submissions_listen: Vec<SocketAddr>,
+    /// POP3 listeners (port 110; STLS offered with a certificate).
+    pub pop3_listen: Vec<SocketAddr>,
+    /// POP3 listeners with implicit TLS (port 995); need `tls_cert`.
+    pub pop3s_listen: Vec<SocketAddr>,
     /// PEM certificate chain for STARTTLS and implicit TLS.
     pub tls_cert: Option<PathBuf>,
     /// PEM private key for `tls_cert`.
@@ -88,6 +92,8 @@ impl Default for MailConfig {
             smtp_listen: Vec::new(),
             submission_listen: Vec::new(),
             submissions_listen: Vec::new(),
+            pop3_listen: Vec::new(),
+            pop3s_listen: Vec::new(),
             tls_cert: None,
             tls_key: None,
             storage: Storage::Local,
@@ -380,8 +386,11 @@ impl Config {
         if m.tls_cert.is_some() != m.tls_key.is_some() {
             problems.push("mail.tls_cert and mail.tls_key go together".into());
         }
-        if !m.submissions_listen.is_empty() && m.tls_cert.is_none() {
-            problems.push("mail.submissions_listen needs mail.tls_cert and mail.tls_key".into());
+        if !(m.submissions_listen.is_empty() && m.pop3s_listen.is_empty()) && m.tls_cert.is_none() {
+            problems.push(
+                "mail.submissions_listen and mail.pop3s_listen need mail.tls_cert and mail.tls_key"
+                    .into(),
+            );
         }
         if m.storage == Storage::Shared && m.shared_root.is_none() {
             problems.push("mail.storage = \"shared\" needs mail.shared_root".into());

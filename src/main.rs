@@ -58,6 +58,12 @@ enum Command {
         /// The submission (implicit TLS) listener address.
         #[arg(long, default_value = "127.0.0.1:2465")]
         submissions_listen: SocketAddr,
+        /// The POP3 listener address.
+        #[arg(long, default_value = "127.0.0.1:1110")]
+        pop3_listen: SocketAddr,
+        /// The POP3 (implicit TLS) listener address.
+        #[arg(long, default_value = "127.0.0.1:1995")]
+        pop3s_listen: SocketAddr,
     },
     /// Create a node's configuration (if the file is missing) and its directory.
     Init {
@@ -282,6 +288,8 @@ fn real_main() -> Result<()> {
             smtp_listen,
             submission_listen,
             submissions_listen,
+            pop3_listen,
+            pop3s_listen,
         } => quickstart(Quickstart {
             data_dir,
             admin_password,
@@ -291,6 +299,8 @@ fn real_main() -> Result<()> {
             smtp: smtp_listen,
             submission: submission_listen,
             submissions: submissions_listen,
+            pop3: pop3_listen,
+            pop3s: pop3s_listen,
         }),
         Command::Init {
             config,
@@ -456,6 +466,12 @@ fn quickstart(q: Quickstart) -> Result<()> {
         }
         for addr in node.addrs("submissions") {
             writeln!(out, "  submissions: smtps://{addr} (implicit TLS, AUTH)")?;
+        }
+        for addr in node.addrs("pop3") {
+            writeln!(out, "  pop3:      pop3://{addr} (STLS)")?;
+        }
+        for addr in node.addrs("pop3s") {
+            writeln!(out, "  pop3s:     pop3s://{addr}")?;
         }
         writeln!(out, "  maildirs:  {}", q.data_dir.join("mail").display())?;
         writeln!(

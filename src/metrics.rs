@@ -42,6 +42,8 @@ counters! {
     MAIL_FAILED => "mail_failed": "Recipient deliveries that failed for good (bounced).",
     MAIL_STORED => "mail_copies_stored": "Copies written into a Maildir on this node.",
     LMTP_SENT => "lmtp_handovers": "LMTP sessions that handed mail to a home node.",
+    POP3_CONNECTIONS => "pop3_connections_total": "POP3 connections accepted.",
+    POP3_LOGINS_FAILED => "pop3_logins_failed": "POP3 logins refused.",
     LMTP_RECEIVED => "lmtp_recipients_stored": "Recipients stored from LMTP on the cluster port.",
 }
 

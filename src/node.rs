@@ -427,6 +427,48 @@ async fn start_mail(
             services.shutdown.clone(),
         )));
     }
+    let pop3 = Arc::new(crate::mail::pop3::server::Pop3Listener {
+        auth: services.auth.clone(),
+        delivery: ctx.delivery.clone(),
+        hostname: ctx.hostname.clone(),
+        max_per_address: mail.max_connections_per_address,
+        tls: ListenerTls::Plain(acceptor.clone()),
+    });
+    let pop3_listeners = mail
+        .pop3_listen
+        .iter()
+        .map(|a| (a, "pop3", false))
+        .chain(mail.pop3s_listen.iter().map(|a| (a, "pop3s", true)));
+    let pop3_slots = Arc::new(AddressSlots::default());
+    for (addr, service, implicit) in pop3_listeners {
+        let listener = services.bind(service, *addr).await?;
+        let bound = listener.local_addr().map_err(|source| NodeError::Listen {
+            service,
+            addr: *addr,
+            source,
+        })?;
+        let protocol = match (&acceptor, implicit) {
+            (Some(a), true) => Arc::new(crate::mail::pop3::server::Pop3Listener {
+                auth: pop3.auth.clone(),
+                delivery: pop3.delivery.clone(),
+                hostname: pop3.hostname.clone(),
+                max_per_address: pop3.max_per_address,
+                tls: ListenerTls::Implicit(a.clone()),
+            }),
+            _ => pop3.clone(),
+        };
+        started.listening.push(Listening {
+            service,
+            addr: bound,
+        });
+        started.tasks.push(tokio::spawn(crate::net::listener::serve(
+            protocol,
+            listener,
+            mail.max_connections,
+            pop3_slots.clone(),
+            services.shutdown.clone(),
+        )));
+    }
     Ok(started)
 }
 

@@ -32,6 +32,10 @@ pub struct Quickstart {
     pub submission: SocketAddr,
     /// Submission with implicit TLS.
     pub submissions: SocketAddr,
+    /// POP3 (STLS offered).
+    pub pop3: SocketAddr,
+    /// POP3 with implicit TLS.
+    pub pop3s: SocketAddr,
 }
 
 /// What quickstart remembers between starts: the credentials it generated.
@@ -89,6 +93,8 @@ impl Quickstart {
         config.mail.smtp_listen = vec![self.smtp];
         config.mail.submission_listen = vec![self.submission];
         config.mail.submissions_listen = vec![self.submissions];
+        config.mail.pop3_listen = vec![self.pop3];
+        config.mail.pop3s_listen = vec![self.pop3s];
         config.mail.tls_cert = Some(cert);
         config.mail.tls_key = Some(key);
         config.mail.hostname = Some("localhost".into());

@@ -1,4 +1,4 @@
-//! Mail: SMTP in, the spool, the store, delivery between nodes.
+//! Mail: SMTP in, the spool, the store, delivery between nodes, POP3 out.
 //!
 //! The path of a message (DESIGN.md §5):
 //!
@@ -22,6 +22,7 @@ pub mod admin;
 pub mod bounce;
 pub mod deliver;
 pub mod lmtp;
+pub mod pop3;
 pub mod queue;
 pub mod smtp;
 pub mod spool;

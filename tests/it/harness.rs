@@ -53,6 +53,10 @@ pub struct Node {
     pub submission: String,
     /// The implicit-TLS submission listener.
     pub submissions: String,
+    /// The POP3 listener (STLS).
+    pub pop3: String,
+    /// The POP3 listener with implicit TLS.
+    pub pop3s: String,
     /// The root of the node's Maildirs.
     pub maildirs: std::path::PathBuf,
     /// The self-signed certificate of the public listeners.
@@ -90,6 +94,8 @@ impl Node {
             smtp: String::new(),
             submission: String::new(),
             submissions: String::new(),
+            pop3: String::new(),
+            pop3s: String::new(),
             maildirs: Default::default(),
             tls_cert: Default::default(),
             host: String::new(),
@@ -256,6 +262,10 @@ impl Node {
                 "127.0.0.1:0",
                 "--submissions-listen",
                 "127.0.0.1:0",
+                "--pop3-listen",
+                "127.0.0.1:0",
+                "--pop3s-listen",
+                "127.0.0.1:0",
             ])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -331,6 +341,11 @@ impl Node {
             } else if let Some(v) = trimmed.strip_prefix("submissions:") {
                 let v = v.trim().trim_start_matches("smtps://");
                 self.submissions = v.split_whitespace().next().unwrap_or_default().to_string();
+            } else if let Some(v) = trimmed.strip_prefix("pop3:") {
+                let v = v.trim().trim_start_matches("pop3://");
+                self.pop3 = v.split_whitespace().next().unwrap_or_default().to_string();
+            } else if let Some(v) = trimmed.strip_prefix("pop3s:") {
+                self.pop3s = v.trim().trim_start_matches("pop3s://").to_string();
             } else if let Some(v) = trimmed.strip_prefix("maildirs:") {
                 self.maildirs = v.trim().into();
             } else if let Some(v) = trimmed.strip_prefix("tls cert:") {

@@ -11,6 +11,7 @@ mod ldap_tools;
 mod ldif_cli;
 mod limits;
 mod mail_interop;
+mod mail_pop3;
 mod mail_smtp;
 mod python_client;
 mod rust_client;
