@@ -90,7 +90,7 @@ fn client(node: &Node, action: &str) -> String {
 
 #[test]
 fn poplib_lists_reads_and_deletes_and_a_second_session_is_refused() {
-    let node = Node::start();
+    let mut node = Node::start();
     deliver(&node, 3);
     let out = client(&node, "read");
     assert!(
@@ -138,6 +138,18 @@ fn poplib_lists_reads_and_deletes_and_a_second_session_is_refused() {
     assert!(wrong.contains("refused -ERR [AUTH]"), "{wrong}");
     let tls = client(&node, "tls");
     assert!(tls.contains("stat 2 "), "over implicit TLS: {tls}");
+
+    // After a restart the deletion holds and the UIDs are the same.
+    node.restart();
+    let restarted = client(&node, "list");
+    assert!(restarted.contains("stat 2 "), "{restarted}");
+    for uid in &before[1..] {
+        assert!(
+            restarted.contains(uid),
+            "UID {uid} changed across a restart: {restarted}"
+        );
+    }
+    assert!(!restarted.contains(before[0]), "{restarted}");
 }
 
 #[test]

@@ -33,6 +33,8 @@ const LDAP_PORT: u16 = 3389;
 const CLUSTER_PORT: u16 = 7400;
 /// The SMTP (MX) port of every node.
 const SMTP_PORT: u16 = 2525;
+/// The POP3 port of every node.
+const POP3_PORT: u16 = 1110;
 /// Every node's `[mail]` table: SMTP on its own address, and retries of a deferred
 /// delivery after 1 s, then every 2 s, so a test sees a node that came back get its mail
 /// within seconds.
@@ -358,6 +360,11 @@ impl TestCluster {
         format!("{}:{SMTP_PORT}", self.host(i))
     }
 
+    /// Node `i`'s POP3 address (`host:1110`).
+    pub fn pop3_addr(&self, i: usize) -> String {
+        format!("{}:{POP3_PORT}", self.host(i))
+    }
+
     /// Node `i`'s data directory (`[node] data_dir`; its mail store is `mail/` in it).
     pub fn data_dir(&self, i: usize) -> PathBuf {
         self.dir().join(format!("data-n{i}"))
@@ -381,7 +388,7 @@ impl TestCluster {
                 "[node]\nname = \"{name}\"\ndata_dir = {:?}\n\n[ldap]\nlisten = [\"{host}:{LDAP_PORT}\"]\n\n\
                  [cluster]\nlisten = \"{host}:{CLUSTER_PORT}\"\nheartbeat_ms = 100\nelection_timeout_min_ms = 300\n\
                  election_timeout_max_ms = 600\nwrite_timeout_ms = 5000\n{}\n\n\
-                 [mail]\nsmtp_listen = [\"{host}:{SMTP_PORT}\"]\n{MAIL_SETTINGS}{}\n",
+                 [mail]\nsmtp_listen = [\"{host}:{SMTP_PORT}\"]\npop3_listen = [\"{host}:{POP3_PORT}\"]\n{MAIL_SETTINGS}{}\n",
                 data.display().to_string(),
                 self.cluster_settings,
                 self.mail_settings,
