@@ -557,8 +557,8 @@ impl From<(String, Output)> for ToolOutput {
 fn install_hint(cmd: &str) -> &'static str {
     if cmd.starts_with("ldap") {
         "install ldap-utils (the CI script does)"
-    } else if cmd == "swaks" {
-        "apt-get install swaks (the CI script does)"
+    } else if cmd == "swaks" || cmd == "curl" {
+        "apt-get install swaks curl (the CI script does)"
     } else if cmd.starts_with("python") {
         "install python3 and `pip install ldap3` (the CI script does)"
     } else {
