@@ -153,6 +153,34 @@ fn poplib_lists_reads_and_deletes_and_a_second_session_is_refused() {
 }
 
 #[test]
+fn nopop_accounts_get_mail_but_no_pop3() {
+    let node = Node::start();
+    let bob = node.bob().clone();
+    node.ldapmodify(&format!(
+        "dn: {}\nchangetype: modify\nreplace: accountStatus\naccountStatus: nopop\n-\n",
+        bob.dn
+    ));
+    let script = "import smtplib, poplib, sys\n\
+                  h, p = sys.argv[1].rsplit(':', 1)\n\
+                  s = smtplib.SMTP(h, int(p)); s.sendmail('x@remote.test', ['bob@example.org'], b'Message-ID: <nopop@x>\\r\\n\\r\\nhi\\r\\n'); s.quit()\n\
+                  h, p = sys.argv[2].rsplit(':', 1)\n\
+                  c = poplib.POP3(h, int(p)); c.user(sys.argv[3])\n\
+                  try:\n    c.pass_(sys.argv[4]); print('logged in')\n\
+                  except poplib.error_proto as e:\n    print('refused', e.args[0].decode())\n";
+    let out = run_with_input(
+        "python3",
+        &["-", &node.smtp, &node.pop3, &bob.mail, &bob.password],
+        Some(script),
+    );
+    assert_eq!(out.code(), 0, "{out}");
+    assert!(
+        out.stdout.contains("refused -ERR [AUTH] POP3 is disabled"),
+        "{out}"
+    );
+    node.wait_for_mail("bob", "<nopop@x>", DELIVERY);
+}
+
+#[test]
 fn curl_reads_pop3() {
     let node = Node::start();
     deliver(&node, 1);

@@ -179,6 +179,10 @@ impl Pop3Listener {
                     inc(&metrics::POP3_LOGINS_FAILED);
                     return Answer::Opened(Err("[AUTH] invalid user name or password".into()));
                 };
+                if pop_disabled(&self.delivery, &login.identity.dn) {
+                    inc(&metrics::POP3_LOGINS_FAILED);
+                    return Answer::Opened(Err("[AUTH] POP3 is disabled for this account".into()));
+                }
                 let delivery = self.delivery.clone();
                 let address = login.mailbox.to_text();
                 let opened = tokio::task::spawn_blocking(move || open(&delivery, &address)).await;
@@ -222,6 +226,20 @@ impl Pop3Listener {
             }
         }
     }
+}
+
+/// Whether the account's `accountStatus` is `nopop` (qmail-ldap: mail is delivered,
+/// POP3 refused).
+fn pop_disabled(delivery: &Delivery, dn: &str) -> bool {
+    let entry = delivery
+        .directory()
+        .view()
+        .ok()
+        .and_then(|v| v.find(dn).ok().flatten());
+    entry.is_some_and(|e| {
+        e.first_str("accountStatus")
+            .is_some_and(|s| s.eq_ignore_ascii_case("nopop"))
+    })
 }
 
 /// The open maildrop of a session and the lock that keeps it.
