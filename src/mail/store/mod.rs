@@ -23,13 +23,12 @@
 //! Folder names are stored as the bytes the caller gives; the IMAP layer encodes
 //! modified UTF-7 and maps its namespace onto them.
 //!
-//! # Room for the UID index
+//! # UIDs
 //!
-//! IMAP needs UIDVALIDITY and UIDs that survive restarts. They will live in a per-folder
-//! index beside tmp/new/cur, keyed by [`MessageEntry::id`], which is stable across flag
-//! changes and the move from new/ to cur/. [`Folder::scan`] and [`Folder::take_new`]
-//! are where new ids get their UIDs; [`Folder::entry`] will then read the cached file
-//! name from the index instead of listing cur/.
+//! IMAP's UIDVALIDITY and UIDs live in a per-folder index beside tmp/new/cur
+//! (`pigeonair-uidlist`), keyed by [`MessageEntry::id`], which is stable across flag
+//! changes and the move from new/ to cur/: [`Folder::uids`] gives every message its
+//! UID, assigning new ones in delivery order (see the `uids` module).
 
 #![deny(missing_docs)]
 
@@ -39,10 +38,12 @@ mod maildir_name;
 mod quota;
 #[cfg(test)]
 mod tests;
+mod uids;
 
 pub use flags::Flags;
 pub use folder::{Folder, MessageDir, MessageEntry};
 pub use quota::{Quota, Usage};
+pub use uids::UidMap;
 
 use std::fmt;
 use std::fs::{self, File, OpenOptions};

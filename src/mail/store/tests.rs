@@ -282,3 +282,90 @@ fn nodes_sharing_one_root_deliver_at_once_without_losing_or_miscounting() {
         }
     );
 }
+
+#[test]
+fn uids_are_assigned_in_delivery_order_and_survive_flags_reopening_and_renames() {
+    let (_dir, store) = store();
+    let mbox = store.mailbox("example.org", "uids").unwrap();
+    let inbox = FolderName::inbox();
+    let names: Vec<String> = (0..3)
+        .map(|i| {
+            mbox.deliver(&inbox, format!("m{i}").as_bytes(), &Quota::UNLIMITED)
+                .unwrap()
+                .file_name
+        })
+        .collect();
+    let folder = mbox.open_folder(&inbox).unwrap();
+    let first = folder.uids().unwrap();
+    let uids: Vec<u32> = first.messages.iter().map(|(u, _)| *u).collect();
+    assert_eq!(uids, [1, 2, 3]);
+    assert_eq!(first.next, 4);
+    let ids: Vec<&str> = first.messages.iter().map(|(_, m)| m.id.as_str()).collect();
+    assert_eq!(ids, names.iter().map(String::as_str).collect::<Vec<_>>());
+
+    // Seen and flagged, moved to cur/, read through a new handle: the same UIDs.
+    folder.take_new().unwrap();
+    folder.set_flags(&names[1], Flags::SEEN).unwrap();
+    let again = mbox.open_folder(&inbox).unwrap().uids().unwrap();
+    assert_eq!(again.validity, first.validity);
+    assert_eq!(
+        again.messages.iter().map(|(u, _)| *u).collect::<Vec<_>>(),
+        [1, 2, 3]
+    );
+
+    // An expunged UID is not reused; a new message gets the next one.
+    folder.expunge(&names[0]).unwrap();
+    let fourth = mbox
+        .deliver(&inbox, b"m3", &Quota::UNLIMITED)
+        .unwrap()
+        .file_name;
+    let now = folder.uids().unwrap();
+    let pairs: Vec<(u32, &str)> = now
+        .messages
+        .iter()
+        .map(|(u, m)| (*u, m.id.as_str()))
+        .collect();
+    assert_eq!(
+        pairs,
+        [
+            (2, names[1].as_str()),
+            (3, names[2].as_str()),
+            (4, fourth.as_str())
+        ]
+    );
+    assert_eq!(now.next, 5);
+
+    // A renamed folder keeps its index.
+    let old = FolderName::new("Old").unwrap();
+    mbox.create_folder(&old).unwrap();
+    let kept = mbox
+        .deliver(&old, b"kept", &Quota::UNLIMITED)
+        .unwrap()
+        .file_name;
+    let before = mbox.open_folder(&old).unwrap().uids().unwrap();
+    let renamed = FolderName::new("Renamed").unwrap();
+    mbox.rename_folder(&old, &renamed).unwrap();
+    let after = mbox.open_folder(&renamed).unwrap().uids().unwrap();
+    assert_eq!(
+        after,
+        UidMap {
+            messages: after.messages.clone(),
+            ..before.clone()
+        }
+    );
+    assert_eq!(after.messages[0].1.id, kept);
+
+    // A damaged index starts again under a larger UIDVALIDITY.
+    fs::write(mbox.path().join("pigeonair-uidlist"), "garbage").unwrap();
+    let fresh = folder.uids().unwrap();
+    assert!(
+        fresh.validity > now.validity,
+        "{} vs {}",
+        fresh.validity,
+        now.validity
+    );
+    assert_eq!(
+        fresh.messages.iter().map(|(u, _)| *u).collect::<Vec<_>>(),
+        [1, 2, 3]
+    );
+}
