@@ -25,6 +25,7 @@ use crate::directory::WritePath;
 use crate::directory::{Directory, DirectorySettings, OpenError};
 use crate::ldap::{self, LdapContext};
 use crate::mail::deliver::Delivery;
+use crate::mail::pop3::server::{Pop3Limits, Pop3Listener};
 use crate::mail::queue::{self, RetryPolicy};
 use crate::mail::smtp::server::{self, Limits, MailContext, SmtpListener};
 use crate::mail::smtp::session::Mode;
@@ -427,13 +428,24 @@ async fn start_mail(
             services.shutdown.clone(),
         )));
     }
-    let pop3 = Arc::new(crate::mail::pop3::server::Pop3Listener {
-        auth: services.auth.clone(),
-        delivery: ctx.delivery.clone(),
-        hostname: ctx.hostname.clone(),
-        max_per_address: mail.max_connections_per_address,
-        tls: ListenerTls::Plain(acceptor.clone()),
-    });
+    let pop3_limits = Arc::new(std::sync::RwLock::new(Pop3Limits::new(
+        mail.max_connections_per_address,
+        &services.settings.borrow().pop3,
+    )));
+    started.tasks.push(tokio::spawn(follow_pop3_settings(
+        pop3_limits.clone(),
+        mail.max_connections_per_address,
+        services.settings.clone(),
+    )));
+    let pop3 = |tls| {
+        Arc::new(Pop3Listener {
+            auth: services.auth.clone(),
+            delivery: ctx.delivery.clone(),
+            hostname: ctx.hostname.clone(),
+            limits: pop3_limits.clone(),
+            tls,
+        })
+    };
     let pop3_listeners = mail
         .pop3_listen
         .iter()
@@ -448,14 +460,8 @@ async fn start_mail(
             source,
         })?;
         let protocol = match (&acceptor, implicit) {
-            (Some(a), true) => Arc::new(crate::mail::pop3::server::Pop3Listener {
-                auth: pop3.auth.clone(),
-                delivery: pop3.delivery.clone(),
-                hostname: pop3.hostname.clone(),
-                max_per_address: pop3.max_per_address,
-                tls: ListenerTls::Implicit(a.clone()),
-            }),
-            _ => pop3.clone(),
+            (Some(a), true) => pop3(ListenerTls::Implicit(a.clone())),
+            (a, _) => pop3(ListenerTls::Plain(a.clone())),
         };
         started.listening.push(Listening {
             service,
@@ -470,6 +476,22 @@ async fn start_mail(
         )));
     }
     Ok(started)
+}
+
+/// Apply the `pop3.*` cluster settings whenever they change.
+async fn follow_pop3_settings(
+    limits: Arc<std::sync::RwLock<Pop3Limits>>,
+    local_per_address: usize,
+    mut settings: SettingsWatch,
+) {
+    loop {
+        let now = settings.borrow_and_update().clone();
+        *limits.write().unwrap_or_else(|p| p.into_inner()) =
+            Pop3Limits::new(local_per_address, &now.pop3);
+        if settings.changed().await.is_err() {
+            return;
+        }
+    }
 }
 
 /// Apply the `smtp.*` cluster settings whenever they change.

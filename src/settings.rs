@@ -9,7 +9,8 @@
 //! `ldap.sizeLimit`, `ldap.timeLimitSecs`, `ldap.maxConnectionsPerAddress`,
 //! `ldap.idleTimeoutSecs`, `ldap.bindDelayMaxMs`, and the SMTP limits
 //! `smtp.maxMessageBytes`, `smtp.maxRecipients`, `smtp.maxConnectionsPerAddress`,
-//! `smtp.commandTimeoutSecs`, `smtp.dataTimeoutSecs` (applied live). One login
+//! `smtp.commandTimeoutSecs`, `smtp.dataTimeoutSecs`, and the POP3 limits
+//! `pop3.maxConnectionsPerAddress`, `pop3.idleTimeoutSecs` (applied live). One login
 //! throttle, `ldap.bindDelayMaxMs`, slows failed logins of every protocol. Each service's keys
 //! share a prefix and are parsed into that service's part of [`ClusterSettings`].
 //!
@@ -48,6 +49,32 @@ pub struct ClusterSettings {
     pub ldap: LdapSettings,
     /// The SMTP service's keys (`smtp.*`).
     pub smtp: SmtpSettings,
+    /// The POP3 service's keys (`pop3.*`).
+    pub pop3: Pop3Settings,
+}
+
+/// The POP3 service's cluster-wide keys.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Pop3Settings {
+    /// Connections per client address (`pop3.maxConnectionsPerAddress`).
+    pub max_connections_per_address: Option<usize>,
+    /// How long a silent client is kept, in seconds (`pop3.idleTimeoutSecs`).
+    pub idle_timeout_secs: Option<u64>,
+}
+
+impl Pop3Settings {
+    /// Take one key (without its `pop3.` prefix); false when it is not a POP3 key.
+    fn set(&mut self, key: &str, value: &str) -> bool {
+        let full = format!("pop3.{key}");
+        match key {
+            "maxConnectionsPerAddress" => {
+                self.max_connections_per_address = number(&full, value).map(|n| n as usize)
+            }
+            "idleTimeoutSecs" => self.idle_timeout_secs = number(&full, value),
+            _ => return false,
+        }
+        true
+    }
 }
 
 /// The SMTP service's cluster-wide keys (absent: the node's `[mail]` values).
@@ -143,6 +170,7 @@ impl ClusterSettings {
             let known = match key.split_once('.') {
                 Some(("ldap", rest)) => s.ldap.set(rest, value),
                 Some(("smtp", rest)) => s.smtp.set(rest, value),
+                Some(("pop3", rest)) => s.pop3.set(rest, value),
                 Some(_) => false,
                 None => match key {
                     "voterTarget" => {

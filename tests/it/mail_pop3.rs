@@ -202,3 +202,29 @@ fn curl_reads_pop3() {
         "{msg}"
     );
 }
+
+#[test]
+fn the_cluster_idle_timeout_closes_a_silent_session() {
+    use std::io::{BufRead, BufReader};
+    let node = Node::start();
+    node.ldapmodify(
+        "dn: cn=cluster,ou=system,dc=pigeonair\nchangetype: modify\nadd: pigeonairSetting\npigeonairSetting: pop3.idleTimeoutSecs=1\n-\n",
+    );
+    let closed_when_idle = || {
+        let stream = std::net::TcpStream::connect(&node.pop3).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(4)))
+            .unwrap();
+        let mut reader = BufReader::new(stream);
+        let mut greeting = String::new();
+        reader.read_line(&mut greeting).unwrap();
+        assert!(greeting.starts_with("+OK "), "{greeting}");
+        // Say nothing: the node ends the session after a second.
+        let mut line = String::new();
+        reader.read_line(&mut line).is_ok() && line.starts_with("-ERR [SYS/TEMP] idle")
+    };
+    assert!(
+        crate::harness::wait_until(Duration::from_secs(20), closed_when_idle),
+        "pop3.idleTimeoutSecs=1 did not close a silent session"
+    );
+}

@@ -26,8 +26,32 @@ use crate::metrics::{self, inc};
 use crate::net::listener::{BoxFuture, Protocol, Refusal};
 use crate::net::tls::ListenerTls;
 
-/// How long a POP3 client may stay silent (RFC 1939 asks for at least 10 minutes).
-const IDLE: Duration = Duration::from_secs(600);
+/// How long a POP3 client may stay silent by default (RFC 1939 asks for at least 10
+/// minutes).
+pub const DEFAULT_IDLE: Duration = Duration::from_secs(600);
+
+/// The POP3 limits in force: the node's under the cluster's `pop3.*` settings.
+#[derive(Debug, Clone, Copy)]
+pub struct Pop3Limits {
+    /// Connections per client address.
+    pub max_per_address: usize,
+    /// How long a silent client is kept.
+    pub idle: Duration,
+}
+
+impl Pop3Limits {
+    /// `local_per_address` (the node's `[mail]` value) under the cluster's settings.
+    pub fn new(local_per_address: usize, cluster: &crate::settings::Pop3Settings) -> Pop3Limits {
+        Pop3Limits {
+            max_per_address: cluster
+                .max_connections_per_address
+                .unwrap_or(local_per_address),
+            idle: cluster
+                .idle_timeout_secs
+                .map_or(DEFAULT_IDLE, Duration::from_secs),
+        }
+    }
+}
 
 /// One POP3 listener, plain (STLS offered with a certificate) or implicit TLS.
 pub struct Pop3Listener {
@@ -37,8 +61,9 @@ pub struct Pop3Listener {
     pub delivery: Arc<Delivery>,
     /// The name in the greeting.
     pub hostname: String,
-    /// Connections per client address.
-    pub max_per_address: usize,
+    /// The limits in force, shared by the node's POP3 listeners and replaced when the
+    /// cluster settings change.
+    pub limits: Arc<std::sync::RwLock<Pop3Limits>>,
     /// The listener's TLS.
     pub tls: ListenerTls,
 }
@@ -49,7 +74,7 @@ impl Protocol for Pop3Listener {
     }
 
     fn max_connections_per_address(&self) -> usize {
-        self.max_per_address
+        self.limits().max_per_address
     }
 
     fn refuse(&self, mut stream: TcpStream, why: Refusal) -> BoxFuture<'static, ()> {
@@ -76,6 +101,10 @@ impl Protocol for Pop3Listener {
 }
 
 impl Pop3Listener {
+    fn limits(&self) -> Pop3Limits {
+        *self.limits.read().unwrap_or_else(|p| p.into_inner())
+    }
+
     async fn serve_connection(
         self: Arc<Self>,
         stream: TcpStream,
@@ -145,12 +174,18 @@ impl Pop3Listener {
                         return None;
                     }
                     let read = tokio::select! {
-                        r = tokio::time::timeout(IDLE, stream.read(&mut buf)) => r,
+                        r = tokio::time::timeout(self.limits().idle, stream.read(&mut buf)) => r,
                         _ = shutdown.changed() => return None,
                     };
                     match read {
                         Ok(Ok(n)) if n > 0 => session.feed(&buf[..n]),
-                        _ => return None,
+                        Ok(_) => return None,
+                        Err(_) => {
+                            let _ = stream
+                                .write_all(b"-ERR [SYS/TEMP] idle too long, closing\r\n")
+                                .await;
+                            return None;
+                        }
                     }
                 }
                 Step::StartTls => {
