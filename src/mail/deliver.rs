@@ -35,6 +35,8 @@ pub enum Location {
 pub enum Unplaced {
     /// No account holds the address (any more).
     Unknown,
+    /// The address is outside the cluster's domains (a bounce to a remote sender).
+    Foreign,
     /// The account is disabled.
     Disabled,
     /// The directory could not be read (temporary).
@@ -95,7 +97,8 @@ impl Delivery {
                 Target::Account(a) => Some(a),
                 Target::External(_) => None,
             }),
-            Resolution::Foreign | Resolution::Unknown => None,
+            Resolution::Foreign => return Err(Unplaced::Foreign),
+            Resolution::Unknown => None,
         };
         let Some(account) = account else {
             return Err(Unplaced::Unknown);
@@ -132,12 +135,15 @@ impl Delivery {
         let mut remote: BTreeMap<String, Vec<(usize, Account)>> = BTreeMap::new();
         for (slot, &i) in indexes.iter().enumerate() {
             let r = &env.recipients[i];
+            let outside = |a: &str| {
+                Outcome::Deferred(format!(
+                    "4.4.0 <{a}> is outside the cluster and outbound delivery is not enabled on this node"
+                ))
+            };
             let address = match &r.destination {
                 Destination::Mailbox(a) => a,
                 Destination::External(a) => {
-                    outcomes[slot] = Some(Outcome::Deferred(format!(
-                        "4.4.0 <{a}> is outside the cluster and outbound delivery is not enabled on this node"
-                    )));
+                    outcomes[slot] = Some(outside(a));
                     continue;
                 }
             };
@@ -159,6 +165,9 @@ impl Delivery {
                 Err(Unplaced::Directory(e)) => {
                     outcomes[slot] = Some(Outcome::Deferred(format!("4.3.0 directory: {e}")))
                 }
+                // A bounce to a remote sender waits for the outbound queue like any
+                // external address.
+                Err(Unplaced::Foreign) => outcomes[slot] = Some(outside(address)),
             }
         }
         if !here.is_empty() {

@@ -209,23 +209,27 @@ pub fn start(
         slots: Arc::new(Semaphore::new(PARALLEL)),
         wake: wake.clone(),
     });
-    let task = tokio::spawn(runner.run(rx, shutdown));
+    // The spool is read before this returns, so what it holds now (left by the last
+    // run) is told apart from what sessions accept from here on.
+    let mut due: BTreeSet<(u64, String)> = BTreeSet::new();
+    runner.rescan(&mut due);
+    runner
+        .recovered
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .extend(due.iter().map(|(_, id)| id.clone()));
+    let task = tokio::spawn(runner.run(due, rx, shutdown));
     (Queue { spool, wake, busy }, task)
 }
 
 impl Runner {
+    /// `due`: (due time, id) of every message with a pending recipient.
     async fn run(
         self: Arc<Self>,
+        mut due: BTreeSet<(u64, String)>,
         mut wake: mpsc::UnboundedReceiver<Option<String>>,
         mut shutdown: watch::Receiver<bool>,
     ) {
-        // (due time, id) of every message with a pending recipient.
-        let mut due: BTreeSet<(u64, String)> = BTreeSet::new();
-        self.rescan(&mut due);
-        self.recovered
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .extend(due.iter().map(|(_, id)| id.clone()));
         loop {
             let now = unix_now();
             while let Some((at, id)) = due.first().cloned() {
@@ -425,4 +429,171 @@ fn next_due(env: &Envelope) -> Option<u64> {
         .filter(|r| !r.done)
         .map(|r| r.next_attempt)
         .min()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Instant;
+
+    use super::*;
+    use crate::mail::spool::new_queue_id;
+
+    /// Defers every first attempt, then delivers; fails `bad@` for good. Records
+    /// what it was given.
+    #[derive(Default)]
+    struct Script {
+        calls: AtomicUsize,
+        seen: Mutex<Vec<(String, Vec<usize>, bool)>>,
+        /// (sender, first recipient, message) of every call.
+        envelopes: Mutex<Vec<(String, String, Vec<u8>)>>,
+    }
+
+    impl Deliver for Script {
+        fn deliver<'a>(
+            &'a self,
+            env: &'a Envelope,
+            message: &'a [u8],
+            indexes: &'a [usize],
+            maybe_stored: bool,
+        ) -> BoxFuture<'a, Vec<Outcome>> {
+            Box::pin(async move {
+                let n = self.calls.fetch_add(1, Ordering::SeqCst);
+                self.seen
+                    .lock()
+                    .unwrap()
+                    .push((env.id.clone(), indexes.to_vec(), maybe_stored));
+                self.envelopes.lock().unwrap().push((
+                    env.sender.clone(),
+                    env.recipients[0].rcpt.clone(),
+                    message.to_vec(),
+                ));
+                indexes
+                    .iter()
+                    .map(|&i| match env.recipients[i].rcpt.as_str() {
+                        r if r.starts_with("bad@") => Outcome::Failed("5.1.1 no such user".into()),
+                        _ if n == 0 => Outcome::Deferred("4.4.1 home node down".into()),
+                        _ => Outcome::Delivered,
+                    })
+                    .collect()
+            })
+        }
+    }
+
+    fn envelope(rcpts: &[&str]) -> Envelope {
+        Envelope {
+            id: new_queue_id(),
+            sender: "sender@remote.test".into(),
+            received_at: unix_now(),
+            size: 5,
+            recipients: rcpts
+                .iter()
+                .map(|r| Recipient::new(r.to_string(), Destination::Mailbox(r.to_string())))
+                .collect(),
+        }
+    }
+
+    async fn until(what: &str, mut cond: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !cond() {
+            assert!(Instant::now() < deadline, "{what} did not happen");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_deferred_recipient_is_retried_and_a_failed_one_bounced_to_the_sender() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Arc::new(Spool::open(dir.path()).unwrap());
+        let script = Arc::new(Script::default());
+        let policy = RetryPolicy {
+            first: Duration::from_secs(1),
+            max: Duration::from_secs(1),
+            window: Duration::from_secs(3600),
+        };
+        let (_stop, shutdown) = watch::channel(false);
+        let (queue, _task) = start(
+            spool.clone(),
+            script.clone(),
+            policy,
+            "mx.test".into(),
+            shutdown,
+        );
+        let env = envelope(&["alice@example.org", "bad@example.org"]);
+        spool.accept(&env, b"hello").unwrap();
+        queue.queued(&env.id);
+
+        // First attempt: alice deferred, bad@ failed; the message stays for alice.
+        until("the first attempt", || {
+            spool.envelope(&env.id).is_ok_and(|e| e.recipients[1].done)
+        })
+        .await;
+        let after_first = spool.envelope(&env.id).unwrap();
+        assert!(!after_first.recipients[0].done);
+        assert_eq!(after_first.recipients[0].attempts, 1);
+        assert!(after_first.recipients[1].failed);
+        // The retry delivers alice only, knowing an earlier attempt happened.
+        until("the retry", || spool.envelope(&env.id).is_err()).await;
+        let seen = script.seen.lock().unwrap().clone();
+        let ours: Vec<_> = seen.iter().filter(|(id, ..)| *id == env.id).collect();
+        assert_eq!(ours[0].1, [0, 1]);
+        assert!(!ours[0].2, "a fresh message is not a repeat");
+        assert_eq!(ours[1].1, [0]);
+        assert!(ours[1].2, "a retry may find earlier copies");
+
+        // The bounce: from the null sender to the original sender, naming bad@.
+        until("the bounce's delivery", || {
+            script
+                .envelopes
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|(sender, ..)| sender.is_empty())
+        })
+        .await;
+        let envelopes = script.envelopes.lock().unwrap().clone();
+        let (_, to, dsn) = envelopes
+            .iter()
+            .find(|(sender, ..)| sender.is_empty())
+            .unwrap();
+        assert_eq!(to, "sender@remote.test");
+        let dsn = String::from_utf8_lossy(dsn);
+        assert!(
+            dsn.contains("Final-Recipient: rfc822; bad@example.org"),
+            "{dsn}"
+        );
+        assert!(
+            !dsn.contains("alice@example.org"),
+            "only the failed recipient: {dsn}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_message_found_in_the_spool_at_start_may_have_been_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Arc::new(Spool::open(dir.path()).unwrap());
+        let env = envelope(&["alice@example.org"]);
+        spool.accept(&env, b"hello").unwrap();
+        let script = Arc::new(Script::default());
+        script.calls.store(1, Ordering::SeqCst);
+        let policy = RetryPolicy {
+            first: Duration::from_secs(1),
+            max: Duration::from_secs(1),
+            window: Duration::from_secs(3600),
+        };
+        let (_stop, shutdown) = watch::channel(false);
+        let (_queue, _task) = start(
+            spool.clone(),
+            script.clone(),
+            policy,
+            "mx.test".into(),
+            shutdown,
+        );
+        until("delivery after a restart", || {
+            spool.envelope(&env.id).is_err()
+        })
+        .await;
+        let seen = script.seen.lock().unwrap().clone();
+        assert_eq!(seen, [(env.id.clone(), vec![0], true)]);
+    }
 }

@@ -569,9 +569,13 @@ impl Answers for LmtpAnswers {
                                 format!("<{address}> is homed on {home}, not here"),
                             ))
                         }
-                        Ok((Err(Unplaced::Unknown), address)) => RecipientVerdict::Refuse(
-                            Reply::new(550, "5.1.1", format!("<{address}>: no such user here")),
-                        ),
+                        Ok((Err(Unplaced::Unknown | Unplaced::Foreign), address)) => {
+                            RecipientVerdict::Refuse(Reply::new(
+                                550,
+                                "5.1.1",
+                                format!("<{address}>: no such user here"),
+                            ))
+                        }
                         Ok((Err(Unplaced::Disabled), address)) => RecipientVerdict::Refuse(
                             Reply::new(550, "5.2.1", format!("<{address}>: mailbox disabled")),
                         ),
