@@ -173,19 +173,26 @@ pub struct Started {
 }
 
 impl ServiceContext {
-    /// Bind `addr` for `service`.
-    pub async fn bind(
+    /// Bind `addr` for `service`: the listener and what the node reports of it.
+    pub async fn listen(
         &self,
         service: &'static str,
         addr: SocketAddr,
-    ) -> Result<TcpListener, NodeError> {
-        TcpListener::bind(addr)
-            .await
-            .map_err(|source| NodeError::Listen {
+    ) -> Result<(TcpListener, Listening), NodeError> {
+        let failed = |source| NodeError::Listen {
+            service,
+            addr,
+            source,
+        };
+        let listener = TcpListener::bind(addr).await.map_err(failed)?;
+        let bound = listener.local_addr().map_err(failed)?;
+        Ok((
+            listener,
+            Listening {
                 service,
-                addr,
-                source,
-            })
+                addr: bound,
+            },
+        ))
     }
 
     /// The TLS acceptor for a service's listeners when a certificate and key are
@@ -244,20 +251,13 @@ async fn start_ldap(services: &ServiceContext) -> Result<Started, NodeError> {
         .map(|a| (a, false))
         .chain(config.ldap.listen_tls.iter().map(|a| (a, true)));
     for (addr, implicit) in listeners {
-        let listener = services.bind("ldap", *addr).await?;
-        let bound = listener.local_addr().map_err(|source| NodeError::Listen {
-            service: "ldap",
-            addr: *addr,
-            source,
-        })?;
-        let (service, tls) = match (&acceptor, implicit) {
-            (Some(a), true) => ("ldaps", ListenerTls::Implicit(a.clone())),
-            (a, _) => ("ldap", ListenerTls::Plain(a.clone())),
+        let tls = ListenerTls::new(&acceptor, implicit);
+        let service = match tls {
+            ListenerTls::Implicit(_) => "ldaps",
+            ListenerTls::Plain(_) => "ldap",
         };
-        started.listening.push(Listening {
-            service,
-            addr: bound,
-        });
+        let (listener, listening) = services.listen(service, *addr).await?;
+        started.listening.push(listening);
         started.tasks.push(tokio::spawn(ldap::serve(
             ctx.clone(),
             listener,
@@ -401,24 +401,12 @@ async fn start_mail(
                 .map(|a| (a, "submissions", Mode::Submission, true)),
         );
     for (addr, service, mode, implicit) in listeners {
-        let listener = services.bind(service, *addr).await?;
-        let bound = listener.local_addr().map_err(|source| NodeError::Listen {
-            service,
-            addr: *addr,
-            source,
-        })?;
-        let tls = match (&acceptor, implicit) {
-            (Some(a), true) => ListenerTls::Implicit(a.clone()),
-            (a, _) => ListenerTls::Plain(a.clone()),
-        };
-        started.listening.push(Listening {
-            service,
-            addr: bound,
-        });
+        let (listener, listening) = services.listen(service, *addr).await?;
+        started.listening.push(listening);
         let protocol = Arc::new(SmtpListener {
             ctx: ctx.clone(),
             mode,
-            tls,
+            tls: ListenerTls::new(&acceptor, implicit),
         });
         started.tasks.push(tokio::spawn(crate::net::listener::serve(
             protocol,
@@ -453,20 +441,9 @@ async fn start_mail(
         .chain(mail.pop3s_listen.iter().map(|a| (a, "pop3s", true)));
     let pop3_slots = Arc::new(AddressSlots::default());
     for (addr, service, implicit) in pop3_listeners {
-        let listener = services.bind(service, *addr).await?;
-        let bound = listener.local_addr().map_err(|source| NodeError::Listen {
-            service,
-            addr: *addr,
-            source,
-        })?;
-        let protocol = match (&acceptor, implicit) {
-            (Some(a), true) => pop3(ListenerTls::Implicit(a.clone())),
-            (a, _) => pop3(ListenerTls::Plain(a.clone())),
-        };
-        started.listening.push(Listening {
-            service,
-            addr: bound,
-        });
+        let (listener, listening) = services.listen(service, *addr).await?;
+        started.listening.push(listening);
+        let protocol = pop3(ListenerTls::new(&acceptor, implicit));
         started.tasks.push(tokio::spawn(crate::net::listener::serve(
             protocol,
             listener,

@@ -106,11 +106,17 @@ impl Delivery {
         if account.status == AccountStatus::Disabled {
             return Err(Unplaced::Disabled);
         }
+        Ok(self.location_of(account))
+    }
+
+    /// Where an account already resolved is written: here (its home node, or any node
+    /// with shared storage) or on its home node.
+    pub fn location_of(&self, account: Account) -> Location {
         match &account.home {
             Some(home) if !self.shared && !home.eq_ignore_ascii_case(&self.node_name) => {
-                Ok(Location::Home(home.clone(), account))
+                Location::Home(home.clone(), account)
             }
-            _ => Ok(Location::Here(account)),
+            _ => Location::Here(account),
         }
     }
 
@@ -172,8 +178,11 @@ impl Delivery {
         }
         if !here.is_empty() {
             let store = self.store.clone();
-            let (id, sender, at_micros) =
-                (env.id.clone(), env.sender.clone(), accepted_micros(env));
+            let (id, sender, at_micros) = (
+                env.id.clone(),
+                env.sender.clone(),
+                accepted_micros(&env.id, env.received_at),
+            );
             let message = message.to_vec();
             let stored = tokio::task::spawn_blocking(move || {
                 let key = DeliveryKey {
@@ -320,10 +329,11 @@ pub fn quota_of(account: &Account) -> Quota {
     }
 }
 
-/// When the message was accepted, in microseconds: a queue id starts with it in hex.
-pub fn accepted_micros(env: &Envelope) -> u64 {
-    env.id
+/// When the message with this queue id was accepted, in microseconds: a queue id
+/// starts with it in hex; `received_at` (seconds) stands in for an id that does not.
+pub fn accepted_micros(queue_id: &str, received_at: u64) -> u64 {
+    queue_id
         .get(..14)
         .and_then(|hex| u64::from_str_radix(hex, 16).ok())
-        .unwrap_or(env.received_at.saturating_mul(1_000_000))
+        .unwrap_or(received_at.saturating_mul(1_000_000))
 }

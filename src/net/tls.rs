@@ -42,6 +42,17 @@ pub enum ListenerTls {
     Implicit(TlsAcceptor),
 }
 
+impl ListenerTls {
+    /// The TLS of a listener: implicit when `implicit` and a certificate is configured,
+    /// else plain with the upgrade command offered when one is.
+    pub fn new(acceptor: &Option<TlsAcceptor>, implicit: bool) -> ListenerTls {
+        match (acceptor, implicit) {
+            (Some(a), true) => ListenerTls::Implicit(a.clone()),
+            (a, _) => ListenerTls::Plain(a.clone()),
+        }
+    }
+}
+
 /// A server configuration for a public listener: the certificate chain in `cert` and
 /// the private key in `key` (PEM), TLS 1.2 and 1.3. When `client_cas` names any CA
 /// file, clients are asked for a certificate, which is optional but must chain to one

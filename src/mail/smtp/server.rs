@@ -478,8 +478,7 @@ fn recipient(ctx: &MailContext, address: &str, authenticated: bool) -> Recipient
                         }
                         if a.store_locally {
                             // The quota is known here only for a mailbox this node stores.
-                            if let Ok(Location::Here(_)) = ctx.delivery.locate(&a.mailbox.to_text())
-                            {
+                            if let Location::Here(a) = ctx.delivery.location_of(a.clone()) {
                                 if let Err(StoreError::OverQuota) = ctx.delivery.room_for(&a, 1) {
                                     if accounts == 1 && destinations.is_empty() {
                                         return refuse(
@@ -604,16 +603,9 @@ impl LmtpAnswers {
                 }
                 None => (t.id.clone(), false),
             };
-            let probe = Envelope {
-                id: token.clone(),
-                sender: String::new(),
-                received_at: unix_now(),
-                size: 0,
-                recipients: Vec::new(),
-            };
             let key = DeliveryKey {
                 token: &token,
-                at_micros: deliver::accepted_micros(&probe),
+                at_micros: deliver::accepted_micros(&token, unix_now()),
                 maybe_stored,
             };
             t.recipients
