@@ -52,6 +52,10 @@ pub struct MailConfig {
     pub pop3_listen: Vec<SocketAddr>,
     /// POP3 listeners with implicit TLS (port 995); need `tls_cert`.
     pub pop3s_listen: Vec<SocketAddr>,
+    /// IMAP listeners (port 143; STARTTLS offered with a certificate).
+    pub imap_listen: Vec<SocketAddr>,
+    /// IMAP listeners with implicit TLS (port 993); need `tls_cert`.
+    pub imaps_listen: Vec<SocketAddr>,
     /// PEM certificate chain for STARTTLS and implicit TLS.
     pub tls_cert: Option<PathBuf>,
     /// PEM private key for `tls_cert`.
@@ -94,6 +98,8 @@ impl Default for MailConfig {
             submissions_listen: Vec::new(),
             pop3_listen: Vec::new(),
             pop3s_listen: Vec::new(),
+            imap_listen: Vec::new(),
+            imaps_listen: Vec::new(),
             tls_cert: None,
             tls_key: None,
             storage: Storage::Local,
@@ -386,9 +392,11 @@ impl Config {
         if m.tls_cert.is_some() != m.tls_key.is_some() {
             problems.push("mail.tls_cert and mail.tls_key go together".into());
         }
-        if !(m.submissions_listen.is_empty() && m.pop3s_listen.is_empty()) && m.tls_cert.is_none() {
+        let implicit_tls =
+            !(m.submissions_listen.is_empty() && m.pop3s_listen.is_empty() && m.imaps_listen.is_empty());
+        if implicit_tls && m.tls_cert.is_none() {
             problems.push(
-                "mail.submissions_listen and mail.pop3s_listen need mail.tls_cert and mail.tls_key"
+                "mail.submissions_listen, mail.pop3s_listen and mail.imaps_listen need mail.tls_cert and mail.tls_key"
                     .into(),
             );
         }

@@ -64,6 +64,12 @@ enum Command {
         /// The POP3 (implicit TLS) listener address.
         #[arg(long, default_value = "127.0.0.1:1995")]
         pop3s_listen: SocketAddr,
+        /// The IMAP listener address.
+        #[arg(long, default_value = "127.0.0.1:1143")]
+        imap_listen: SocketAddr,
+        /// The IMAP (implicit TLS) listener address.
+        #[arg(long, default_value = "127.0.0.1:1993")]
+        imaps_listen: SocketAddr,
     },
     /// Create a node's configuration (if the file is missing) and its directory.
     Init {
@@ -290,6 +296,8 @@ fn real_main() -> Result<()> {
             submissions_listen,
             pop3_listen,
             pop3s_listen,
+            imap_listen,
+            imaps_listen,
         } => quickstart(Quickstart {
             data_dir,
             admin_password,
@@ -301,6 +309,8 @@ fn real_main() -> Result<()> {
             submissions: submissions_listen,
             pop3: pop3_listen,
             pop3s: pop3s_listen,
+            imap: imap_listen,
+            imaps: imaps_listen,
         }),
         Command::Init {
             config,
@@ -472,6 +482,12 @@ fn quickstart(q: Quickstart) -> Result<()> {
         }
         for addr in node.addrs("pop3s") {
             writeln!(out, "  pop3s:     pop3s://{addr}")?;
+        }
+        for addr in node.addrs("imap") {
+            writeln!(out, "  imap:      imap://{addr} (STARTTLS)")?;
+        }
+        for addr in node.addrs("imaps") {
+            writeln!(out, "  imaps:     imaps://{addr}")?;
         }
         writeln!(out, "  maildirs:  {}", q.data_dir.join("mail").display())?;
         writeln!(

@@ -44,6 +44,9 @@ counters! {
     LMTP_SENT => "lmtp_handovers": "LMTP sessions that handed mail to a home node.",
     POP3_CONNECTIONS => "pop3_connections_total": "POP3 connections accepted.",
     POP3_LOGINS_FAILED => "pop3_logins_failed": "POP3 logins refused.",
+    IMAP_CONNECTIONS => "imap_connections_total": "IMAP connections accepted.",
+    IMAP_LOGINS => "imap_logins": "IMAP logins accepted.",
+    IMAP_LOGINS_FAILED => "imap_logins_failed": "IMAP logins refused.",
     LMTP_RECEIVED => "lmtp_recipients_stored": "Recipients stored from LMTP on the cluster port.",
 }
 

@@ -25,6 +25,7 @@ use crate::directory::WritePath;
 use crate::directory::{Directory, DirectorySettings, OpenError};
 use crate::ldap::{self, LdapContext};
 use crate::mail::deliver::Delivery;
+use crate::mail::imap::server::{AccountSlots, ImapLimits, ImapListener};
 use crate::mail::pop3::server::{Pop3Limits, Pop3Listener};
 use crate::mail::queue::{self, RetryPolicy};
 use crate::mail::smtp::server::{self, Limits, MailContext, SmtpListener};
@@ -420,9 +421,10 @@ async fn start_mail(
         mail.max_connections_per_address,
         &services.settings.borrow().pop3,
     )));
-    started.tasks.push(tokio::spawn(follow_pop3_settings(
+    let per_address = mail.max_connections_per_address;
+    started.tasks.push(tokio::spawn(follow_limits(
         pop3_limits.clone(),
-        mail.max_connections_per_address,
+        move |now| Pop3Limits::new(per_address, &now.pop3),
         services.settings.clone(),
     )));
     let pop3 = |tls| {
@@ -452,19 +454,53 @@ async fn start_mail(
             services.shutdown.clone(),
         )));
     }
+    let imap_limits = Arc::new(std::sync::RwLock::new(ImapLimits::new(
+        per_address,
+        &services.settings.borrow().imap,
+    )));
+    started.tasks.push(tokio::spawn(follow_limits(
+        imap_limits.clone(),
+        move |now| ImapLimits::new(per_address, &now.imap),
+        services.settings.clone(),
+    )));
+    let imap_accounts = Arc::new(AccountSlots::default());
+    let imap_listeners = mail
+        .imap_listen
+        .iter()
+        .map(|a| (a, "imap", false))
+        .chain(mail.imaps_listen.iter().map(|a| (a, "imaps", true)));
+    let imap_slots = Arc::new(AddressSlots::default());
+    for (addr, service, implicit) in imap_listeners {
+        let (listener, listening) = services.listen(service, *addr).await?;
+        started.listening.push(listening);
+        let protocol = Arc::new(ImapListener {
+            auth: services.auth.clone(),
+            delivery: ctx.delivery.clone(),
+            hostname: ctx.hostname.clone(),
+            limits: imap_limits.clone(),
+            accounts: imap_accounts.clone(),
+            tls: ListenerTls::new(&acceptor, implicit),
+        });
+        started.tasks.push(tokio::spawn(crate::net::listener::serve(
+            protocol,
+            listener,
+            mail.max_connections,
+            imap_slots.clone(),
+            services.shutdown.clone(),
+        )));
+    }
     Ok(started)
 }
 
-/// Apply the `pop3.*` cluster settings whenever they change.
-async fn follow_pop3_settings(
-    limits: Arc<std::sync::RwLock<Pop3Limits>>,
-    local_per_address: usize,
+/// Keep a service's limits equal to `make(the cluster settings)` as they change.
+async fn follow_limits<T>(
+    limits: Arc<std::sync::RwLock<T>>,
+    make: impl Fn(&crate::settings::ClusterSettings) -> T,
     mut settings: SettingsWatch,
 ) {
     loop {
         let now = settings.borrow_and_update().clone();
-        *limits.write().unwrap_or_else(|p| p.into_inner()) =
-            Pop3Limits::new(local_per_address, &now.pop3);
+        *limits.write().unwrap_or_else(|p| p.into_inner()) = make(&now);
         if settings.changed().await.is_err() {
             return;
         }

@@ -36,6 +36,10 @@ pub struct Quickstart {
     pub pop3: SocketAddr,
     /// POP3 with implicit TLS.
     pub pop3s: SocketAddr,
+    /// IMAP (STARTTLS offered).
+    pub imap: SocketAddr,
+    /// IMAP with implicit TLS.
+    pub imaps: SocketAddr,
 }
 
 /// What quickstart remembers between starts: the credentials it generated.
@@ -95,6 +99,8 @@ impl Quickstart {
         config.mail.submissions_listen = vec![self.submissions];
         config.mail.pop3_listen = vec![self.pop3];
         config.mail.pop3s_listen = vec![self.pop3s];
+        config.mail.imap_listen = vec![self.imap];
+        config.mail.imaps_listen = vec![self.imaps];
         config.mail.tls_cert = Some(cert);
         config.mail.tls_key = Some(key);
         config.mail.hostname = Some("localhost".into());

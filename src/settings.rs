@@ -10,7 +10,10 @@
 //! `ldap.idleTimeoutSecs`, `ldap.bindDelayMaxMs`, and the SMTP limits
 //! `smtp.maxMessageBytes`, `smtp.maxRecipients`, `smtp.maxConnectionsPerAddress`,
 //! `smtp.commandTimeoutSecs`, `smtp.dataTimeoutSecs`, and the POP3 limits
-//! `pop3.maxConnectionsPerAddress`, `pop3.idleTimeoutSecs` (applied live). One login
+//! `pop3.maxConnectionsPerAddress`, `pop3.idleTimeoutSecs`, and the IMAP limits
+//! `imap.maxConnectionsPerAddress`, `imap.maxConnectionsPerAccount`,
+//! `imap.idleTimeoutSecs`, `imap.maxLineBytes`, `imap.maxLiteralBytes` (applied live to
+//! new sessions). One login
 //! throttle, `ldap.bindDelayMaxMs`, slows failed logins of every protocol. Each service's keys
 //! share a prefix and are parsed into that service's part of [`ClusterSettings`].
 //!
@@ -51,6 +54,44 @@ pub struct ClusterSettings {
     pub smtp: SmtpSettings,
     /// The POP3 service's keys (`pop3.*`).
     pub pop3: Pop3Settings,
+    /// The IMAP service's keys (`imap.*`).
+    pub imap: ImapSettings,
+}
+
+/// The IMAP service's cluster-wide keys.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ImapSettings {
+    /// Connections per client address (`imap.maxConnectionsPerAddress`).
+    pub max_connections_per_address: Option<usize>,
+    /// Sessions per account on this node (`imap.maxConnectionsPerAccount`).
+    pub max_connections_per_account: Option<usize>,
+    /// How long a silent client is kept, in seconds (`imap.idleTimeoutSecs`; at least
+    /// 1800, as RFC 3501 asks).
+    pub idle_timeout_secs: Option<u64>,
+    /// Longest command line, literals excluded (`imap.maxLineBytes`).
+    pub max_line_bytes: Option<u32>,
+    /// Largest literal, APPEND included (`imap.maxLiteralBytes`).
+    pub max_literal_bytes: Option<u32>,
+}
+
+impl ImapSettings {
+    /// Take one key (without its `imap.` prefix); false when it is not an IMAP key.
+    fn set(&mut self, key: &str, value: &str) -> bool {
+        let full = format!("imap.{key}");
+        match key {
+            "maxConnectionsPerAddress" => {
+                self.max_connections_per_address = number(&full, value).map(|n| n as usize)
+            }
+            "maxConnectionsPerAccount" => {
+                self.max_connections_per_account = number(&full, value).map(|n| n as usize)
+            }
+            "idleTimeoutSecs" => self.idle_timeout_secs = number(&full, value),
+            "maxLineBytes" => self.max_line_bytes = number(&full, value).map(|n| n as u32),
+            "maxLiteralBytes" => self.max_literal_bytes = number(&full, value).map(|n| n as u32),
+            _ => return false,
+        }
+        true
+    }
 }
 
 /// The POP3 service's cluster-wide keys.
@@ -171,6 +212,7 @@ impl ClusterSettings {
                 Some(("ldap", rest)) => s.ldap.set(rest, value),
                 Some(("smtp", rest)) => s.smtp.set(rest, value),
                 Some(("pop3", rest)) => s.pop3.set(rest, value),
+                Some(("imap", rest)) => s.imap.set(rest, value),
                 Some(_) => false,
                 None => match key {
                     "voterTarget" => {

@@ -198,3 +198,30 @@ impl Authority {
             .flatten()
     }
 }
+
+/// Why a SASL PLAIN response (RFC 4616) was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PlainError {
+    /// Not `authzid NUL authcid NUL password`.
+    Malformed,
+    /// An authorization identity other than the login: acting for another user is
+    /// not offered.
+    OtherIdentity,
+}
+
+/// The login and password of a decoded SASL PLAIN response, the one parse every
+/// protocol's AUTH PLAIN uses.
+pub fn sasl_plain(decoded: &[u8]) -> Result<(String, Vec<u8>), PlainError> {
+    let mut parts = decoded.splitn(3, |&b| b == 0);
+    let (Some(authz), Some(authc), Some(password)) = (parts.next(), parts.next(), parts.next())
+    else {
+        return Err(PlainError::Malformed);
+    };
+    if !authz.is_empty() && !authz.eq_ignore_ascii_case(authc) {
+        return Err(PlainError::OtherIdentity);
+    }
+    Ok((
+        String::from_utf8_lossy(authc).into_owned(),
+        password.to_vec(),
+    ))
+}

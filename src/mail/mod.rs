@@ -21,6 +21,7 @@
 pub mod admin;
 pub mod bounce;
 pub mod deliver;
+pub mod imap;
 pub mod lmtp;
 pub mod pop3;
 pub mod queue;

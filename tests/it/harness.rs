@@ -57,6 +57,10 @@ pub struct Node {
     pub pop3: String,
     /// The POP3 listener with implicit TLS.
     pub pop3s: String,
+    /// The IMAP listener (STARTTLS).
+    pub imap: String,
+    /// The IMAP listener with implicit TLS.
+    pub imaps: String,
     /// The root of the node's Maildirs.
     pub maildirs: std::path::PathBuf,
     /// The self-signed certificate of the public listeners.
@@ -96,6 +100,8 @@ impl Node {
             submissions: String::new(),
             pop3: String::new(),
             pop3s: String::new(),
+            imap: String::new(),
+            imaps: String::new(),
             maildirs: Default::default(),
             tls_cert: Default::default(),
             host: String::new(),
@@ -266,6 +272,10 @@ impl Node {
                 "127.0.0.1:0",
                 "--pop3s-listen",
                 "127.0.0.1:0",
+                "--imap-listen",
+                "127.0.0.1:0",
+                "--imaps-listen",
+                "127.0.0.1:0",
             ])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -346,6 +356,11 @@ impl Node {
                 self.pop3 = v.split_whitespace().next().unwrap_or_default().to_string();
             } else if let Some(v) = trimmed.strip_prefix("pop3s:") {
                 self.pop3s = v.trim().trim_start_matches("pop3s://").to_string();
+            } else if let Some(v) = trimmed.strip_prefix("imap:") {
+                let v = v.trim().trim_start_matches("imap://");
+                self.imap = v.split_whitespace().next().unwrap_or_default().to_string();
+            } else if let Some(v) = trimmed.strip_prefix("imaps:") {
+                self.imaps = v.trim().trim_start_matches("imaps://").to_string();
             } else if let Some(v) = trimmed.strip_prefix("maildirs:") {
                 self.maildirs = v.trim().into();
             } else if let Some(v) = trimmed.strip_prefix("tls cert:") {

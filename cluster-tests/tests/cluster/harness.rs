@@ -35,6 +35,7 @@ const CLUSTER_PORT: u16 = 7400;
 const SMTP_PORT: u16 = 2525;
 /// The POP3 port of every node.
 const POP3_PORT: u16 = 1110;
+const IMAP_PORT: u16 = 1143;
 /// Every node's `[mail]` table: SMTP on its own address, and retries of a deferred
 /// delivery after 1 s, then every 2 s, so a test sees a node that came back get its mail
 /// within seconds.
@@ -365,6 +366,11 @@ impl TestCluster {
         format!("{}:{POP3_PORT}", self.host(i))
     }
 
+    /// Node `i`'s IMAP address (`host:1143`).
+    pub fn imap_addr(&self, i: usize) -> String {
+        format!("{}:{IMAP_PORT}", self.host(i))
+    }
+
     /// Node `i`'s data directory (`[node] data_dir`; its mail store is `mail/` in it).
     pub fn data_dir(&self, i: usize) -> PathBuf {
         self.dir().join(format!("data-n{i}"))
@@ -388,7 +394,7 @@ impl TestCluster {
                 "[node]\nname = \"{name}\"\ndata_dir = {:?}\n\n[ldap]\nlisten = [\"{host}:{LDAP_PORT}\"]\n\n\
                  [cluster]\nlisten = \"{host}:{CLUSTER_PORT}\"\nheartbeat_ms = 100\nelection_timeout_min_ms = 300\n\
                  election_timeout_max_ms = 600\nwrite_timeout_ms = 5000\n{}\n\n\
-                 [mail]\nsmtp_listen = [\"{host}:{SMTP_PORT}\"]\npop3_listen = [\"{host}:{POP3_PORT}\"]\n{MAIL_SETTINGS}{}\n",
+                 [mail]\nsmtp_listen = [\"{host}:{SMTP_PORT}\"]\npop3_listen = [\"{host}:{POP3_PORT}\"]\nimap_listen = [\"{host}:{IMAP_PORT}\"]\n{MAIL_SETTINGS}{}\n",
                 data.display().to_string(),
                 self.cluster_settings,
                 self.mail_settings,

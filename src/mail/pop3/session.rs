@@ -397,16 +397,13 @@ impl Session {
         let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(response) else {
             return self.err("cannot decode the response");
         };
-        let mut parts = decoded.splitn(3, |&b| b == 0);
-        let (Some(authz), Some(authc), Some(password)) = (parts.next(), parts.next(), parts.next())
-        else {
-            return self.err("malformed PLAIN response");
-        };
-        if !authz.is_empty() && !authz.eq_ignore_ascii_case(authc) {
-            return self.err("[AUTH] authorization identity differs from the login");
+        match crate::auth::sasl_plain(&decoded) {
+            Ok((user, password)) => self.ask_login(user, password),
+            Err(crate::auth::PlainError::Malformed) => self.err("malformed PLAIN response"),
+            Err(crate::auth::PlainError::OtherIdentity) => {
+                self.err("[AUTH] authorization identity differs from the login")
+            }
         }
-        let user = String::from_utf8_lossy(authc).into_owned();
-        self.ask_login(user, password.to_vec())
     }
 
     fn ask_login(&mut self, user: String, password: Vec<u8>) -> Option<Step> {

@@ -629,20 +629,17 @@ impl Session {
         let Some(decoded) = decode64(line) else {
             return self.error(501, "5.5.2", "cannot decode the response");
         };
-        let mut parts = decoded.splitn(3, |&b| b == 0);
-        let (Some(authz), Some(authc), Some(password)) = (parts.next(), parts.next(), parts.next())
-        else {
-            return self.error(501, "5.5.2", "malformed PLAIN response");
-        };
-        let login = String::from_utf8_lossy(authc).into_owned();
-        if !authz.is_empty() && !authz.eq_ignore_ascii_case(authc) {
-            return self.error(
+        match crate::auth::sasl_plain(&decoded) {
+            Ok((login, password)) => self.ask_authenticate(login, password),
+            Err(crate::auth::PlainError::Malformed) => {
+                self.error(501, "5.5.2", "malformed PLAIN response")
+            }
+            Err(crate::auth::PlainError::OtherIdentity) => self.error(
                 535,
                 "5.7.8",
                 "authorisation identity differs from the login",
-            );
+            ),
         }
-        self.ask_authenticate(login, password.to_vec())
     }
 
     fn auth_login_response(&mut self, line: &[u8], user: Option<String>) -> Option<Step> {

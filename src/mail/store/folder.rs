@@ -172,6 +172,7 @@ impl Folder {
             // The target can only be this same message, so rename may replace it.
             if path != entry.path {
                 fs::rename(&entry.path, &path)?;
+                self.mailbox.changed();
             }
             Ok(MessageEntry {
                 dir: MessageDir::Cur,
@@ -188,6 +189,7 @@ impl Folder {
             let lock = QuotaLock::shared(&self.mailbox.root)?;
             fs::remove_file(&entry.path)?;
             lock.removed(Usage::message(entry.size));
+            self.mailbox.changed();
             Ok(())
         })
     }
@@ -202,14 +204,36 @@ impl Folder {
         target: &Folder,
         quota: &Quota,
     ) -> Result<MessageEntry, StoreError> {
+        self.with_message(id, |source| self.copy_entry_to(source, target, quota))
+    }
+
+    /// [`Folder::copy_to`] of a message a scan saw, found again by id only when it
+    /// moved since.
+    pub fn copy_known_to(
+        &self,
+        known: &MessageEntry,
+        target: &Folder,
+        quota: &Quota,
+    ) -> Result<MessageEntry, StoreError> {
+        match self.copy_entry_to(known, target, quota) {
+            Err(StoreError::Io(e)) if e.kind() == io::ErrorKind::NotFound => {
+                self.copy_to(&known.id, target, quota)
+            }
+            other => other,
+        }
+    }
+
+    fn copy_entry_to(
+        &self,
+        source: &MessageEntry,
+        target: &Folder,
+        quota: &Quota,
+    ) -> Result<MessageEntry, StoreError> {
         create_maildir_dirs(&target.mailbox.root)?;
         create_maildir_dirs(&target.dir)?;
-        let (source, tmp, copy_id) = self.with_message(id, |source| {
-            let copy_id = maildir_name::unique(&target.mailbox.host, source.size);
-            let tmp = target.dir.join("tmp").join(&copy_id);
-            link_or_copy(&source.path, &tmp)?;
-            Ok((source.clone(), tmp, copy_id))
-        })?;
+        let copy_id = maildir_name::unique(&target.mailbox.host, source.size);
+        let tmp = target.dir.join("tmp").join(&copy_id);
+        link_or_copy(&source.path, &tmp)?;
         let landed = (|| {
             if !quota.allows(quota::load(&target.mailbox, Some(*quota))?, source.size) {
                 return Err(StoreError::OverQuota);
@@ -224,11 +248,14 @@ impl Folder {
             Ok(path)
         })();
         match landed {
-            Ok(path) => Ok(MessageEntry {
-                id: copy_id,
-                path,
-                ..source
-            }),
+            Ok(path) => {
+                target.mailbox.changed();
+                Ok(MessageEntry {
+                    id: copy_id,
+                    path,
+                    ..source.clone()
+                })
+            }
             Err(e) => {
                 let _ = fs::remove_file(&tmp);
                 Err(e)
@@ -256,6 +283,73 @@ impl Folder {
         }
         sort_in_delivery_order(&mut taken);
         Ok(taken)
+    }
+
+    /// The whole message `known`, read where a scan saw it; found again by id when it
+    /// moved since (its flags changed).
+    pub fn read_entry(&self, known: &MessageEntry) -> Result<Vec<u8>, StoreError> {
+        match fs::read(&known.path) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => self.read(&known.id),
+            other => Ok(other?),
+        }
+    }
+
+    /// Change the flags of the message `known` to `change(its flags)`. The flags are
+    /// those in its file name, so when the file is where a scan saw it `known.flags`
+    /// are current; when another session renamed it meanwhile it is found again and
+    /// `change` applied to the flags it has now, so no concurrent change is lost.
+    pub fn update_flags(
+        &self,
+        known: &MessageEntry,
+        change: impl Fn(Flags) -> Flags,
+    ) -> Result<MessageEntry, StoreError> {
+        let mut entry = known.clone();
+        for attempt in 0..3 {
+            if attempt > 0 {
+                entry = self.entry(&known.id)?;
+            }
+            let flags = change(entry.flags);
+            if flags == entry.flags && entry.dir == MessageDir::Cur {
+                return Ok(entry);
+            }
+            let path = self.dir.join("cur").join(cur_name(&entry.id, flags));
+            match fs::rename(&entry.path, &path) {
+                Ok(()) => {
+                    self.mailbox.changed();
+                    return Ok(MessageEntry {
+                        dir: MessageDir::Cur,
+                        flags,
+                        path,
+                        ..entry
+                    });
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(StoreError::NoSuchMessage)
+    }
+
+    /// [`Folder::expunge`] of a message a scan saw, without looking for it first.
+    pub fn expunge_entry(&self, known: &MessageEntry) -> Result<(), StoreError> {
+        let lock = QuotaLock::shared(&self.mailbox.root)?;
+        match fs::remove_file(&known.path) {
+            Ok(()) => {
+                lock.removed(Usage::message(known.size));
+                self.mailbox.changed();
+                Ok(())
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                drop(lock);
+                self.expunge(&known.id)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The mailbox this folder belongs to.
+    pub fn mailbox(&self) -> &Mailbox {
+        &self.mailbox
     }
 
     /// Run `op` on the message `id`; when its file vanished under `op` (another

@@ -145,6 +145,37 @@ impl fmt::Display for FolderName {
 pub struct MailStore {
     root: PathBuf,
     host: Arc<str>,
+    changes: Arc<Changes>,
+}
+
+/// Which mailboxes changed, for the sessions of this process that wait on them (IMAP
+/// IDLE): one counter per Maildir, bumped by every delivery, flag change, expunge and
+/// copy made through this store. A change made by another process (another node on a
+/// shared root) is not seen here; sessions poll for those.
+#[derive(Debug, Default)]
+struct Changes {
+    watched: std::sync::Mutex<std::collections::HashMap<PathBuf, tokio::sync::watch::Sender<u64>>>,
+}
+
+impl Changes {
+    fn subscribe(&self, root: &Path) -> tokio::sync::watch::Receiver<u64> {
+        let mut watched = self.watched.lock().unwrap_or_else(|p| p.into_inner());
+        watched
+            .entry(root.to_path_buf())
+            .or_insert_with(|| tokio::sync::watch::channel(0).0)
+            .subscribe()
+    }
+
+    fn changed(&self, root: &Path) {
+        let mut watched = self.watched.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(sender) = watched.get(root) {
+            if sender.receiver_count() == 0 {
+                watched.remove(root);
+            } else {
+                sender.send_modify(|n| *n = n.wrapping_add(1));
+            }
+        }
+    }
 }
 
 impl MailStore {
@@ -159,6 +190,7 @@ impl MailStore {
         Ok(MailStore {
             root,
             host: maildir_name::escape_host(&system_host_name()).into(),
+            changes: Arc::default(),
         })
     }
 
@@ -190,6 +222,7 @@ impl MailStore {
         Ok(Mailbox {
             root,
             host: self.host.clone(),
+            changes: self.changes.clone(),
         })
     }
 }
@@ -234,9 +267,21 @@ pub struct DeliveryKey<'a> {
 pub struct Mailbox {
     root: PathBuf,
     host: Arc<str>,
+    changes: Arc<Changes>,
 }
 
 impl Mailbox {
+    /// A receiver whose value changes whenever a message of this mailbox is delivered,
+    /// changed, copied in or expunged through this process's store (see `Changes`).
+    pub fn watch(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe(&self.root)
+    }
+
+    /// Tell this process's sessions on the mailbox that it changed.
+    pub(crate) fn changed(&self) {
+        self.changes.changed(&self.root);
+    }
+
     /// The Maildir directory (INBOX).
     pub fn path(&self) -> &Path {
         &self.root
@@ -322,6 +367,7 @@ impl Mailbox {
             return Err(e.into());
         }
         tracing::debug!(maildir = %self.root.display(), folder = %folder, %file_name, "delivered");
+        self.changed();
         Ok(Delivered {
             file_name,
             size,
