@@ -11,9 +11,10 @@
 //! Broken input never fails: bytes `mail-parser` cannot read as a message become one
 //! text/plain part with an empty header, a multipart without its boundary shows an
 //! empty text/plain child (as Dovecot does), and a part that does not exist reads as
-//! empty. Walks of the part tree stop at [`MAX_DEPTH`] levels, and the parsed tree is
-//! dismantled without recursion, so a message nested a million times deep cannot
-//! exhaust the stack.
+//! empty. Walks of the part tree stop at 64 levels (deeper parts show as empty
+//! text/plain placeholders and cannot be fetched), and the parsed tree is dismantled
+//! without recursion, so a message nested a million times deep cannot exhaust the
+//! stack.
 
 use std::borrow::Cow;
 use std::fmt::Write as _;
@@ -34,9 +35,9 @@ use mail_parser::{
     HeaderName, HeaderValue, Message, MessageParser, MessagePart, PartType,
 };
 
-/// How many levels of multiparts and encapsulated messages are followed; deeper parts
-/// are shown as empty placeholders and cannot be fetched.
-pub const MAX_DEPTH: usize = 64;
+/// How many levels of multiparts and encapsulated messages are followed: enough for any
+/// real message, few enough that the recursive walks below stay shallow.
+const MAX_DEPTH: usize = 64;
 
 /// One message parsed for FETCH/SEARCH. Never fails: bytes that are not a valid message
 /// still give a single text/plain part, as other servers do.

@@ -8,6 +8,8 @@
 //! - [`server`]: the listeners, the login, STARTTLS, IDLE and the I/O, with the
 //!   wire format parsed and written by `imap-codec` through `imap-next`'s server flow.
 
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzz;
 pub mod mime;
 pub mod server;
 pub mod session;

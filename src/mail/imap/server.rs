@@ -255,6 +255,11 @@ impl ImapListener {
         options.crlf_relaxed = true;
         options.max_literal_size = limits.max_literal;
         options.max_command_size = limits.max_literal.saturating_add(limits.max_line);
+        let _ = options.set_literal_accept_text("ready for the literal".into());
+        let _ = options.set_literal_reject_text(format!(
+            "literal too large (at most {} bytes)",
+            limits.max_literal
+        ));
         let greeting = Greeting {
             kind: GreetingKind::Ok,
             code: Some(Code::Capability(session.capabilities())),
