@@ -543,7 +543,34 @@ fn mail_is_stored_on_the_account_home_node_only() {
                 "u1 through node {via}: {out}"
             );
         }
+        // IMAP the same: the INBOX on the home node, `NO [UNAVAILABLE]` elsewhere.
+        let out = imap_exists(&c.imap_addr(via), &address("u1"), "pw-u1-secret");
+        if via == 1 {
+            assert_eq!(out.trim(), "exists 4", "u1 over IMAP on its home node");
+        } else {
+            assert!(
+                out.starts_with("refused [UNAVAILABLE]"),
+                "u1 over IMAP through node {via}: {out}"
+            );
+        }
     }
+}
+
+/// Log in with Python's imaplib and print `exists N` for INBOX, or `refused <reply>`.
+fn imap_exists(addr: &str, user: &str, password: &str) -> String {
+    let script = "import imaplib, sys\nh, p = sys.argv[1].rsplit(':', 1)\nc = imaplib.IMAP4(h, int(p))\n\
+                  try:\n    c.login(sys.argv[2], sys.argv[3])\n    print('exists', c.select('INBOX')[1][0].decode())\n    c.logout()\n\
+                  except imaplib.IMAP4.error as e:\n    m = e.args[0]\n    print('refused', m.decode() if isinstance(m, bytes) else m)\n";
+    let out = Command::new("python3")
+        .args(["-c", script, addr, user, password])
+        .output()
+        .expect("python3 (for imaplib) must be installed");
+    assert!(
+        out.status.success(),
+        "imaplib: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// Log in with Python's poplib and print `stat N`, or `refused <reply>`.
