@@ -10,6 +10,7 @@ mod durability;
 mod ldap_tools;
 mod ldif_cli;
 mod limits;
+mod mail_imap;
 mod mail_interop;
 mod mail_pop3;
 mod mail_smtp;

@@ -148,13 +148,32 @@ impl Selected {
         self.messages.last().map_or(0, |m| m.uid)
     }
 
-    /// The indexes of the messages `set` names, ascending. Numbers past the end are
-    /// ignored, as UIDs that do not exist are (RFC 3501 §6.4.8); `*` is the last
-    /// message (or the highest UID).
-    fn resolve(&self, set: &SequenceSet, uid: bool) -> Vec<usize> {
+    /// The indexes of the messages `set` names, ascending. UIDs that do not exist
+    /// are ignored (RFC 3501 §6.4.8); a message sequence number past the last
+    /// message is an error (`Err`), as no client that follows the EXISTS responses
+    /// sends one. `*` is the last message (or the highest UID); in an empty folder a
+    /// set with `*` names nothing.
+    fn resolve(&self, set: &SequenceSet, uid: bool) -> Result<Vec<usize>, ()> {
         let n = self.messages.len();
+        if !uid {
+            let past_end = set.0.as_ref().iter().any(|seq| {
+                let beyond = |v: &SeqOrUid| matches!(v, SeqOrUid::Value(v) if v.get() as usize > n);
+                match seq {
+                    Sequence::Single(v) => beyond(v),
+                    // `n:*` reaches the last message whatever n is.
+                    Sequence::Range(a, b) => {
+                        let starred =
+                            matches!(a, SeqOrUid::Asterisk) || matches!(b, SeqOrUid::Asterisk);
+                        !starred && (beyond(a) || beyond(b))
+                    }
+                }
+            });
+            if past_end {
+                return Err(());
+            }
+        }
         if n == 0 {
-            return Vec::new();
+            return Ok(Vec::new());
         }
         let mut hit = vec![false; n];
         let star = if uid { self.highest_uid() } else { n as u32 };
@@ -186,7 +205,7 @@ impl Selected {
                 }
             }
         }
-        (0..n).filter(|&i| hit[i]).collect()
+        Ok((0..n).filter(|&i| hit[i]).collect())
     }
 }
 
@@ -682,11 +701,7 @@ impl Session {
             (Err(r), _) | (_, Err(r)) => return Ok(vec![no(tag, Some(other_code("CANNOT")), r)]),
         };
         if from.is_inbox() {
-            return Ok(vec![no(
-                tag,
-                Some(other_code("CANNOT")),
-                "renaming INBOX is not supported; move its messages instead",
-            )]);
+            return self.rename_inbox(tag, &to);
         }
         match self.user_ref().mailbox.rename_folder(&from, &to) {
             Ok(()) => Ok(vec![ok(tag, None, "RENAME completed")]),
@@ -703,6 +718,51 @@ impl Session {
             Err(StoreError::InvalidName(why)) => Ok(vec![no(tag, Some(other_code("CANNOT")), why)]),
             Err(e) => Err(e),
         }
+    }
+
+    /// RFC 3501 §6.3.5: renaming INBOX moves its messages into a new folder of that
+    /// name and leaves INBOX, empty, in place.
+    fn rename_inbox(
+        &mut self,
+        tag: &Tag<'static>,
+        to: &FolderName,
+    ) -> Result<Responses, StoreError> {
+        let user = self.user_ref().clone();
+        match user.mailbox.create_folder(to) {
+            Ok(()) => {}
+            Err(StoreError::FolderExists) => {
+                return Ok(vec![no(
+                    tag,
+                    Some(other_code("ALREADYEXISTS")),
+                    "the new name is taken",
+                )])
+            }
+            Err(StoreError::InvalidName(why)) => {
+                return Ok(vec![no(tag, Some(other_code("CANNOT")), why)])
+            }
+            Err(e) => return Err(e),
+        }
+        let inbox = user.mailbox.open_folder(&FolderName::inbox())?;
+        let target = user.mailbox.open_folder(to)?;
+        // Moving within one mailbox changes no usage, so no quota applies.
+        let unlimited = Quota::UNLIMITED;
+        for entry in inbox.scan()? {
+            match inbox.copy_known_to(&entry, &target, &unlimited) {
+                Ok(_) => inbox.expunge_entry(&entry)?,
+                Err(StoreError::NoSuchMessage) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let mut out = Vec::new();
+        if self
+            .selected
+            .as_ref()
+            .is_some_and(|s| s.folder.name().is_inbox())
+        {
+            out.extend(self.refresh()?);
+        }
+        out.push(ok(tag, None, "RENAME completed"));
+        Ok(out)
     }
 
     fn subscriptions_path(&self) -> PathBuf {
@@ -1069,7 +1129,11 @@ impl Session {
             )]);
         }
         let chosen: HashSet<usize> = match only {
-            Some(set) => sel.resolve(set, true).into_iter().collect(),
+            Some(set) => sel
+                .resolve(set, true)
+                .unwrap_or_default()
+                .into_iter()
+                .collect(),
             None => (0..sel.messages.len()).collect(),
         };
         let mut out = Vec::new();
@@ -1203,7 +1267,9 @@ impl Session {
             )
         });
         let sel = self.selected.as_mut().expect("checked by the caller");
-        let indexes = sel.resolve(set, uid);
+        let Ok(indexes) = sel.resolve(set, uid) else {
+            return Ok(vec![bad(tag, "no such message sequence number")]);
+        };
         let mut out = Vec::with_capacity(indexes.len() + 1);
         for i in indexes {
             let raw = if needs_content {
@@ -1265,9 +1331,12 @@ impl Session {
                             .section(section.as_ref());
                         let (data, origin) = match partial {
                             Some((start, len)) => {
-                                let start = (*start as usize).min(data.len());
-                                let end = start.saturating_add(len.get() as usize).min(data.len());
-                                (data[start..end].to_vec(), Some(start as u32))
+                                // The origin named is the one asked for, even
+                                // past the end (RFC 3501 §6.4.5: then the data is
+                                // empty).
+                                let from = (*start as usize).min(data.len());
+                                let end = from.saturating_add(len.get() as usize).min(data.len());
+                                (data[from..end].to_vec(), Some(*start))
                             }
                             None => (data, None),
                         };
@@ -1326,8 +1395,12 @@ impl Session {
             StoreType::Add => old | given,
             StoreType::Remove => old.without(given),
         };
+
+        let Ok(indexes) = sel.resolve(set, uid) else {
+            return Ok(vec![bad(tag, "no such message sequence number")]);
+        };
         let mut out = Vec::new();
-        for i in sel.resolve(set, uid) {
+        for i in indexes {
             match sel.folder.update_flags(&sel.messages[i].entry, change) {
                 Ok(entry) => sel.messages[i].entry = entry,
                 Err(StoreError::NoSuchMessage) => continue,
@@ -1373,7 +1446,9 @@ impl Session {
                 "the folder is read-only",
             )]);
         }
-        let indexes = sel.resolve(set, uid);
+        let Ok(indexes) = sel.resolve(set, uid) else {
+            return Ok(vec![bad(tag, "no such message sequence number")]);
+        };
         let mut copies: Vec<(usize, MessageEntry)> = Vec::new();
         for &i in &indexes {
             match sel
