@@ -39,7 +39,14 @@ impl Drop for Scratch {
 fn scratch() -> Scratch {
     use std::sync::atomic::{AtomicU64, Ordering};
     static N: AtomicU64 = AtomicU64::new(0);
-    let dir = std::env::temp_dir().join(format!(
+    // Memory-backed where there is one: a run creates and removes a whole Maildir.
+    let shm = std::path::Path::new("/dev/shm");
+    let base = if shm.is_dir() {
+        shm.to_path_buf()
+    } else {
+        std::env::temp_dir()
+    };
+    let dir = base.join(format!(
         "pigeonair-imap-fuzz-{}-{}",
         std::process::id(),
         N.fetch_add(1, Ordering::Relaxed)
