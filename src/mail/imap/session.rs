@@ -1246,18 +1246,32 @@ impl Session {
         }) {
             return Ok(vec![bad(tag, "BINARY is not supported")]);
         }
-        let needs_content = names.iter().any(|n| {
+        let needs_summary = names.iter().any(|n| {
             matches!(
                 n,
                 MessageDataItemName::Body
-                    | MessageDataItemName::BodyExt { .. }
                     | MessageDataItemName::BodyStructure
                     | MessageDataItemName::Envelope
-                    | MessageDataItemName::Rfc822
-                    | MessageDataItemName::Rfc822Header
+            )
+        });
+        let needs_parse = names.iter().any(|n| {
+            matches!(
+                n,
+                MessageDataItemName::BodyExt {
+                    section: Some(_),
+                    ..
+                } | MessageDataItemName::Rfc822Header
                     | MessageDataItemName::Rfc822Text
             )
         });
+        let needs_content = needs_parse
+            || names.iter().any(|n| {
+                matches!(
+                    n,
+                    MessageDataItemName::BodyExt { section: None, .. }
+                        | MessageDataItemName::Rfc822
+                )
+            });
         let sets_seen = names.iter().any(|n| {
             matches!(
                 n,
@@ -1272,6 +1286,15 @@ impl Session {
         };
         let mut out = Vec::with_capacity(indexes.len() + 1);
         for i in indexes {
+            let summary = if needs_summary {
+                match summary_of(&sel.folder, &sel.messages[i].entry) {
+                    Ok(s) => Some(s),
+                    Err(StoreError::NoSuchMessage) => continue,
+                    Err(e) => return Err(e),
+                }
+            } else {
+                None
+            };
             let raw = if needs_content {
                 match sel.folder.read_entry(&sel.messages[i].entry) {
                     Ok(raw) => Some(raw),
@@ -1297,7 +1320,7 @@ impl Session {
                     Err(e) => return Err(e),
                 }
             }
-            let parsed = raw.as_deref().map(Parsed::new);
+            let parsed = raw.as_deref().filter(|_| needs_parse).map(Parsed::new);
             let m = &sel.messages[i];
             let recent = sel.is_recent(m);
             let mut items = Vec::with_capacity(names.len() + 1);
@@ -1313,22 +1336,25 @@ impl Session {
                     MessageDataItemName::InternalDate => {
                         MessageDataItem::InternalDate(internal_date(&m.entry))
                     }
-                    MessageDataItemName::Envelope => {
-                        MessageDataItem::Envelope(parsed.as_ref().expect("read above").envelope())
-                    }
+                    MessageDataItemName::Envelope => MessageDataItem::Envelope(
+                        summary.as_ref().expect("made above").envelope.clone(),
+                    ),
                     MessageDataItemName::BodyStructure => MessageDataItem::BodyStructure(
-                        parsed.as_ref().expect("read above").body_structure(true),
+                        summary.as_ref().expect("made above").structure.clone(),
                     ),
-                    MessageDataItemName::Body => MessageDataItem::Body(
-                        parsed.as_ref().expect("read above").body_structure(false),
-                    ),
+                    MessageDataItemName::Body => {
+                        MessageDataItem::Body(summary.as_ref().expect("made above").body.clone())
+                    }
                     MessageDataItemName::BodyExt {
                         section, partial, ..
                     } => {
-                        let data = parsed
-                            .as_ref()
-                            .expect("read above")
-                            .section(section.as_ref());
+                        let data = match section {
+                            None => raw.clone().expect("read above"),
+                            Some(_) => parsed
+                                .as_ref()
+                                .expect("parsed above")
+                                .section(section.as_ref()),
+                        };
                         let (data, origin) = match partial {
                             Some((start, len)) => {
                                 // The origin named is the one asked for, even
@@ -1517,6 +1543,66 @@ impl Session {
         }
         Ok(out)
     }
+}
+
+/// What FETCH ENVELOPE, BODY and BODYSTRUCTURE return for one message. A message's
+/// content never changes under its id, so once made it stays right for the life of
+/// the message; [`summary_of`] keeps the most recent ones in memory, as Dovecot keeps
+/// them in its index cache, so a client that asks again (a folder opened again, a
+/// second device) costs no read and no parse.
+#[derive(Debug)]
+struct Summary {
+    envelope: imap_next::imap_types::envelope::Envelope<'static>,
+    structure: imap_next::imap_types::body::BodyStructure<'static>,
+    body: imap_next::imap_types::body::BodyStructure<'static>,
+}
+
+/// How many summaries one generation of the cache holds; two generations are kept,
+/// so at most twice this many (about 1 KiB each for simple messages).
+const SUMMARY_GENERATION: usize = 20_000;
+
+type SummaryMap = std::collections::HashMap<PathBuf, std::sync::Arc<Summary>>;
+
+/// The cache: the current generation and the one before; a hit in the old one moves
+/// the entry to the current one, a full current generation becomes the old one.
+static SUMMARIES: std::sync::LazyLock<std::sync::Mutex<(SummaryMap, SummaryMap)>> =
+    std::sync::LazyLock::new(Default::default);
+
+fn summary_of(
+    folder: &Folder,
+    entry: &MessageEntry,
+) -> Result<std::sync::Arc<Summary>, StoreError> {
+    // The key: the message's directory-independent identity, its folder's path and id.
+    let key = entry
+        .path
+        .parent()
+        .and_then(|dir| dir.parent())
+        .map(|folder_dir| folder_dir.join(&entry.id))
+        .unwrap_or_else(|| PathBuf::from(&entry.id));
+    {
+        let mut cache = SUMMARIES.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(hit) = cache.0.get(&key) {
+            return Ok(hit.clone());
+        }
+        if let Some(hit) = cache.1.remove(&key) {
+            cache.0.insert(key, hit.clone());
+            return Ok(hit);
+        }
+    }
+    let raw = folder.read_entry(entry)?;
+    let parsed = Parsed::new(&raw);
+    let summary = std::sync::Arc::new(Summary {
+        envelope: parsed.envelope(),
+        structure: parsed.body_structure(true),
+        body: parsed.body_structure(false),
+    });
+    let mut cache = SUMMARIES.lock().unwrap_or_else(|p| p.into_inner());
+    if cache.0.len() >= SUMMARY_GENERATION {
+        let full = std::mem::take(&mut cache.0);
+        cache.1 = full;
+    }
+    cache.0.insert(key, summary.clone());
+    Ok(summary)
 }
 
 /// The folder `name` names; a text for the NO when it names none.

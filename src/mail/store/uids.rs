@@ -136,27 +136,31 @@ impl Folder {
             // Remembered beside the list, so that a list lost later starts above it.
             fs::write(self.dir.join(LOCK_FILE), format!("V{}\n", list.validity))?;
         }
-        let scanned = self.scan()?;
-        let mut by_id: HashMap<&str, &MessageEntry> =
-            scanned.iter().map(|m| (m.id.as_str(), m)).collect();
+        let mut by_id: HashMap<String, MessageEntry> = self
+            .scan_unordered()?
+            .into_iter()
+            .map(|m| (m.id.clone(), m))
+            .collect();
         let before = list.uids.len();
         let mut changed = started;
-        let mut messages = Vec::with_capacity(scanned.len());
+        let mut messages = Vec::with_capacity(by_id.len());
         list.uids
             .retain(|(uid, id)| match by_id.remove(id.as_str()) {
                 Some(entry) => {
-                    messages.push((*uid, entry.clone()));
+                    messages.push((*uid, entry));
                     true
                 }
                 None => false,
             });
         changed |= list.uids.len() != before;
-        // What is left is new, in delivery order (the scan's order).
-        for entry in scanned.iter().filter(|m| by_id.contains_key(m.id.as_str())) {
+        // What is left is new: UIDs in delivery order.
+        let mut fresh: Vec<MessageEntry> = by_id.into_values().collect();
+        super::folder::sort_in_delivery_order(&mut fresh);
+        for entry in fresh {
             let uid = list.next;
             list.next += 1;
             list.uids.push((uid, entry.id.clone()));
-            messages.push((uid, entry.clone()));
+            messages.push((uid, entry));
             changed = true;
         }
         if changed {
