@@ -392,8 +392,9 @@ impl Config {
         if m.tls_cert.is_some() != m.tls_key.is_some() {
             problems.push("mail.tls_cert and mail.tls_key go together".into());
         }
-        let implicit_tls =
-            !(m.submissions_listen.is_empty() && m.pop3s_listen.is_empty() && m.imaps_listen.is_empty());
+        let implicit_tls = !(m.submissions_listen.is_empty()
+            && m.pop3s_listen.is_empty()
+            && m.imaps_listen.is_empty());
         if implicit_tls && m.tls_cert.is_none() {
             problems.push(
                 "mail.submissions_listen, mail.pop3s_listen and mail.imaps_listen need mail.tls_cert and mail.tls_key"
