@@ -36,3 +36,5 @@ pub mod node;
 pub mod offline;
 pub mod quickstart;
 pub mod settings;
+#[cfg(test)]
+mod testing;

@@ -141,13 +141,8 @@ mod tests {
     #[test]
     fn mutated_and_random_input_never_panics() {
         let base = search_pdu();
-        let mut seed = 0x2545F4914F6CDD1Du64;
-        let mut next = || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        let mut rng = crate::testing::XorShift::new(0x2545F4914F6CDD1D);
+        let mut next = || rng.next();
         for round in 0..300 {
             let mut input = base.clone();
             for _ in 0..1 + round % 8 {

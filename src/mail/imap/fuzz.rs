@@ -225,32 +225,9 @@ mod tests {
     #[test]
     fn mutated_sessions_never_panic() {
         let base: Vec<u8> = SCRIPT.concat().into_bytes();
-        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        let mut rng = crate::testing::XorShift::new(0x9e37_79b9_7f4a_7c15);
         for _ in 0..300 {
-            let mut input = base.clone();
-            for _ in 0..(next() % 8 + 1) {
-                let at = (next() as usize) % input.len().max(1);
-                match next() % 4 {
-                    0 => input[at] = next() as u8,
-                    1 => {
-                        input.remove(at);
-                    }
-                    2 => {
-                        let b = input[at];
-                        input.insert(at, b);
-                    }
-                    _ => input.truncate(at),
-                }
-                if input.is_empty() {
-                    break;
-                }
-            }
+            let input = crate::testing::mutate(base.clone(), &mut rng);
             session_bytes(&input);
         }
     }

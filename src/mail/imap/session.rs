@@ -144,6 +144,29 @@ impl Selected {
         self.messages.iter().filter(|m| self.is_recent(m)).count() as u32
     }
 
+    /// Expunge the messages `pick` chooses (by index and message) and return the
+    /// EXPUNGE responses, each numbered as the sequence is when it is sent. A message
+    /// the store cannot remove stays, and the failure is logged.
+    fn remove(&mut self, pick: impl Fn(usize, &Msg) -> bool) -> Responses {
+        let mut out = Vec::new();
+        let mut kept = Vec::with_capacity(self.messages.len());
+        for (i, m) in std::mem::take(&mut self.messages).into_iter().enumerate() {
+            if pick(i, &m) {
+                match self.folder.expunge_entry(&m.entry) {
+                    Ok(()) | Err(StoreError::NoSuchMessage) => {
+                        out.push(Response::Data(Data::Expunge(nz(kept.len() as u32 + 1))));
+                        self.recent.remove(&m.entry.id);
+                        continue;
+                    }
+                    Err(e) => tracing::warn!(error = %e, "expunge failed"),
+                }
+            }
+            kept.push(m);
+        }
+        self.messages = kept;
+        out
+    }
+
     fn highest_uid(&self) -> u32 {
         self.messages.last().map_or(0, |m| m.uid)
     }
@@ -646,16 +669,8 @@ impl Session {
             Ok(f) => f,
             Err(refusal) => return Ok(vec![no(tag, Some(other_code("CANNOT")), refusal)]),
         };
-        match self.user_ref().mailbox.create_folder(&folder) {
-            Ok(()) => Ok(vec![ok(tag, None, "CREATE completed")]),
-            Err(StoreError::FolderExists) => Ok(vec![no(
-                tag,
-                Some(other_code("ALREADYEXISTS")),
-                "the folder exists",
-            )]),
-            Err(StoreError::InvalidName(why)) => Ok(vec![no(tag, Some(other_code("CANNOT")), why)]),
-            Err(e) => Err(e),
-        }
+        self.user_ref().mailbox.create_folder(&folder)?;
+        Ok(vec![ok(tag, None, "CREATE completed")])
     }
 
     fn delete(&mut self, tag: &Tag<'static>, name: &ImapName<'_>) -> Result<Responses, StoreError> {
@@ -670,24 +685,15 @@ impl Session {
                 "INBOX cannot be deleted",
             )]);
         }
-        match self.user_ref().mailbox.delete_folder(&folder) {
-            Ok(()) => {
-                if self
-                    .selected
-                    .as_ref()
-                    .is_some_and(|s| s.folder.name() == &folder)
-                {
-                    self.selected = None;
-                }
-                Ok(vec![ok(tag, None, "DELETE completed")])
-            }
-            Err(StoreError::NoSuchFolder) => Ok(vec![no(
-                tag,
-                Some(other_code("NONEXISTENT")),
-                "no such folder",
-            )]),
-            Err(e) => Err(e),
+        self.user_ref().mailbox.delete_folder(&folder)?;
+        if self
+            .selected
+            .as_ref()
+            .is_some_and(|s| s.folder.name() == &folder)
+        {
+            self.selected = None;
         }
+        Ok(vec![ok(tag, None, "DELETE completed")])
     }
 
     fn rename(
@@ -703,21 +709,8 @@ impl Session {
         if from.is_inbox() {
             return self.rename_inbox(tag, &to);
         }
-        match self.user_ref().mailbox.rename_folder(&from, &to) {
-            Ok(()) => Ok(vec![ok(tag, None, "RENAME completed")]),
-            Err(StoreError::NoSuchFolder) => Ok(vec![no(
-                tag,
-                Some(other_code("NONEXISTENT")),
-                "no such folder",
-            )]),
-            Err(StoreError::FolderExists) => Ok(vec![no(
-                tag,
-                Some(other_code("ALREADYEXISTS")),
-                "the new name is taken",
-            )]),
-            Err(StoreError::InvalidName(why)) => Ok(vec![no(tag, Some(other_code("CANNOT")), why)]),
-            Err(e) => Err(e),
-        }
+        self.user_ref().mailbox.rename_folder(&from, &to)?;
+        Ok(vec![ok(tag, None, "RENAME completed")])
     }
 
     /// RFC 3501 §6.3.5: renaming INBOX moves its messages into a new folder of that
@@ -728,20 +721,7 @@ impl Session {
         to: &FolderName,
     ) -> Result<Responses, StoreError> {
         let user = self.user_ref().clone();
-        match user.mailbox.create_folder(to) {
-            Ok(()) => {}
-            Err(StoreError::FolderExists) => {
-                return Ok(vec![no(
-                    tag,
-                    Some(other_code("ALREADYEXISTS")),
-                    "the new name is taken",
-                )])
-            }
-            Err(StoreError::InvalidName(why)) => {
-                return Ok(vec![no(tag, Some(other_code("CANNOT")), why)])
-            }
-            Err(e) => return Err(e),
-        }
+        user.mailbox.create_folder(to)?;
         let inbox = user.mailbox.open_folder(&FolderName::inbox())?;
         let target = user.mailbox.open_folder(to)?;
         // Moving within one mailbox changes no usage, so no quota applies.
@@ -1136,24 +1116,8 @@ impl Session {
                 .collect(),
             None => (0..sel.messages.len()).collect(),
         };
-        let mut out = Vec::new();
-        let mut kept = Vec::with_capacity(sel.messages.len());
-        for (i, m) in std::mem::take(&mut sel.messages).into_iter().enumerate() {
-            if chosen.contains(&i) && m.entry.flags.contains(Flags::TRASHED) {
-                match sel.folder.expunge_entry(&m.entry) {
-                    Ok(()) | Err(StoreError::NoSuchMessage) => {
-                        out.push(Response::Data(Data::Expunge(nz(kept.len() as u32 + 1))));
-                        sel.recent.remove(&m.entry.id);
-                        continue;
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "expunge failed");
-                    }
-                }
-            }
-            kept.push(m);
-        }
-        sel.messages = kept;
+        let mut out =
+            sel.remove(|i, m| chosen.contains(&i) && m.entry.flags.contains(Flags::TRASHED));
         out.extend(self.refresh()?);
         out.push(ok(tag, None, "EXPUNGE completed"));
         Ok(out)
@@ -1517,21 +1481,7 @@ impl Session {
                 out.push(untagged_ok(Some(code), "moved"));
             }
             let moved: HashSet<usize> = copies.iter().map(|(i, _)| *i).collect();
-            let mut kept = Vec::with_capacity(sel.messages.len());
-            for (i, m) in std::mem::take(&mut sel.messages).into_iter().enumerate() {
-                if moved.contains(&i) {
-                    match sel.folder.expunge_entry(&m.entry) {
-                        Ok(()) | Err(StoreError::NoSuchMessage) => {
-                            out.push(Response::Data(Data::Expunge(nz(kept.len() as u32 + 1))));
-                            sel.recent.remove(&m.entry.id);
-                            continue;
-                        }
-                        Err(e) => tracing::warn!(error = %e, "expunge after move failed"),
-                    }
-                }
-                kept.push(m);
-            }
-            sel.messages = kept;
+            out.extend(sel.remove(|i, _| moved.contains(&i)));
         }
         if sel.folder.name() == target.name() || remove {
             out.extend(self.refresh()?);
@@ -1982,16 +1932,22 @@ pub fn bye(t: &str) -> Status<'static> {
     })
 }
 
+/// The tagged NO for a store error: a response code (RFC 5530) for the refusals a
+/// client can act on, `[SERVERBUG]` (and a log line) for a failure.
 fn store_failure(tag: &Tag<'static>, e: &StoreError) -> Response<'static> {
-    tracing::warn!(error = %e, "IMAP command failed in the store");
     match e {
         StoreError::OverQuota => no(tag, Some(Code::OverQuota), "the mailbox is over its quota"),
         StoreError::NoSuchFolder => no(tag, Some(other_code("NONEXISTENT")), "no such folder"),
-        _ => no(
-            tag,
-            Some(other_code("SERVERBUG")),
-            "the mail store failed; try again",
-        ),
+        StoreError::FolderExists => no(tag, Some(other_code("ALREADYEXISTS")), "the folder exists"),
+        StoreError::InvalidName(why) => no(tag, Some(other_code("CANNOT")), why),
+        _ => {
+            tracing::warn!(error = %e, "IMAP command failed in the store");
+            no(
+                tag,
+                Some(other_code("SERVERBUG")),
+                "the mail store failed; try again",
+            )
+        }
     }
 }
 

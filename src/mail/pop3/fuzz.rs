@@ -84,35 +84,13 @@ mod tests {
     /// session must never panic. Bounded: 2,000 inputs.
     #[test]
     fn mutated_sessions_never_panic() {
-        let mut seed = 0x2545_f491_4f6c_dd1du64;
-        let mut next = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        let mut rng = crate::testing::XorShift::new(0x2545_f491_4f6c_dd1d);
         for round in 0..2000 {
             let mut input = SCRIPT.to_vec();
             if round % 100 == 0 {
                 input.splice(10..10, std::iter::repeat_n(b'x', 70_000));
             }
-            for _ in 0..(next() % 8 + 1) {
-                let at = (next() as usize) % input.len().max(1);
-                match next() % 4 {
-                    0 => input[at] = next() as u8,
-                    1 => {
-                        input.remove(at);
-                    }
-                    2 => {
-                        let b = input[at];
-                        input.insert(at, b);
-                    }
-                    _ => input.truncate(at),
-                }
-                if input.is_empty() {
-                    break;
-                }
-            }
+            let input = crate::testing::mutate(input, &mut rng);
             session_bytes(&input);
         }
     }
